@@ -1,0 +1,209 @@
+//! The queue's SQL functions (sql/migrations), one Rust function each. See docs/SQL.md.
+
+use crate::error::{Error, Result};
+use crate::model::*;
+use sqlx::PgExecutor;
+
+pub async fn apply_template(ex: impl PgExecutor<'_>, name: &str, spec: &serde_json::Value) -> Result<i32> {
+    Ok(sqlx::query_scalar("SELECT runlane.apply_template($1, $2)").bind(name).bind(spec).fetch_one(ex).await?)
+}
+
+pub async fn create_session(ex: impl PgExecutor<'_>, name: &str) -> Result<SessionId> {
+    Ok(sqlx::query_scalar("SELECT runlane.create_session($1)").bind(name).fetch_one(ex).await?)
+}
+
+pub async fn enqueue_run(ex: impl PgExecutor<'_>, req: &EnqueueRequest) -> Result<RunId> {
+    Ok(sqlx::query_scalar("SELECT runlane.enqueue_run($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&req.template)
+        .bind(&req.params)
+        .bind(req.lane.map(Lane::as_str))
+        .bind(req.priority)
+        .bind(req.run_at)
+        .bind(&req.idempotency_key)
+        .bind(req.session_id)
+        .fetch_one(ex)
+        .await?)
+}
+
+pub async fn set_lane_cap(ex: impl PgExecutor<'_>, lane: Lane, max_running: Option<i32>) -> Result<()> {
+    sqlx::query("SELECT runlane.set_lane_cap($1, $2)").bind(lane.as_str()).bind(max_running).execute(ex).await?;
+    Ok(())
+}
+
+pub async fn register_worker(ex: impl PgExecutor<'_>, reg: &WorkerRegistration) -> Result<WorkerId> {
+    let lanes: Vec<&str> = reg.lanes.iter().map(|l| l.as_str()).collect();
+    Ok(sqlx::query_scalar("SELECT runlane.register_worker($1, $2, $3, $4, $5, $6)")
+        .bind(&reg.host)
+        .bind(&lanes)
+        .bind(i32::try_from(reg.slots).unwrap_or(i32::MAX))
+        .bind(&reg.version)
+        .bind(&reg.capabilities)
+        .bind(i32::try_from(reg.lease_ms).unwrap_or(i32::MAX))
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Liveness plus, when given, the worker's lanes, slots and capabilities as they are now.
+pub async fn worker_heartbeat(
+    ex: impl PgExecutor<'_>,
+    worker: WorkerId,
+    state: WorkerState,
+    update: Option<&WorkerRegistration>,
+) -> Result<()> {
+    let lanes: Option<Vec<&str>> = update.map(|r| r.lanes.iter().map(|l| l.as_str()).collect());
+    sqlx::query("SELECT runlane.worker_heartbeat($1, $2, $3, $4, $5)")
+        .bind(worker)
+        .bind(state.as_str())
+        .bind(lanes)
+        .bind(update.map(|r| i32::try_from(r.slots).unwrap_or(i32::MAX)))
+        .bind(update.map(|r| r.capabilities.clone()))
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn claim_runs(
+    ex: impl PgExecutor<'_>,
+    worker: WorkerId,
+    lanes: &[Lane],
+    limit: u32,
+    session: Option<SessionId>,
+) -> Result<Vec<ClaimedRun>> {
+    let lanes: Vec<&str> = lanes.iter().map(|l| l.as_str()).collect();
+    Ok(sqlx::query_as("SELECT * FROM runlane.claim_runs($1, $2, $3, $4)")
+        .bind(worker)
+        .bind(&lanes)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .bind(session)
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Renews a lease. A lost lease is `Error::LeaseLost`, like every other fenced call.
+pub async fn heartbeat_run(ex: impl PgExecutor<'_>, lease: Lease) -> Result<HeartbeatReply> {
+    let (lease_ok, cancel_requested): (bool, bool) =
+        sqlx::query_as("SELECT lease_ok, cancel_requested FROM runlane.heartbeat_run($1, $2)")
+            .bind(lease.run_id)
+            .bind(lease.token)
+            .fetch_one(ex)
+            .await?;
+    if !lease_ok {
+        return Err(Error::LeaseLost(format!(
+            "lease lost for run {}: it was requeued, finished or claimed by another worker",
+            lease.run_id
+        )));
+    }
+    Ok(HeartbeatReply { cancel_requested })
+}
+
+pub async fn start_step(ex: impl PgExecutor<'_>, lease: Lease, step: i32) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT runlane.start_step($1, $2, $3)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(step)
+        .fetch_one(ex)
+        .await?)
+}
+
+pub async fn finish_step(
+    ex: impl PgExecutor<'_>,
+    lease: Lease,
+    step: i32,
+    status: StepStatus,
+    exit_code: Option<i32>,
+    error: Option<&str>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT runlane.finish_step($1, $2, $3, $4, $5, $6)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(step)
+        .bind(status.as_str())
+        .bind(exit_code)
+        .bind(error)
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Appends a batch in one round trip. Returns the last seq.
+pub async fn append_events(ex: impl PgExecutor<'_>, lease: Lease, events: &[NewEvent]) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT runlane.append_events($1, $2, $3)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(sqlx::types::Json(events))
+        .fetch_one(ex)
+        .await?)
+}
+
+/// An artifact to record: bytes inline, or a key in the object store.
+#[derive(Debug, Clone)]
+pub struct NewArtifact<'a> {
+    pub step: Option<i32>,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub inline_data: Option<&'a [u8]>,
+    pub store_key: Option<&'a str>,
+}
+
+pub async fn put_artifact(ex: impl PgExecutor<'_>, lease: Lease, a: &NewArtifact<'_>) -> Result<ArtifactId> {
+    Ok(sqlx::query_scalar("SELECT runlane.put_artifact($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(a.step)
+        .bind(a.name)
+        .bind(a.content_type)
+        .bind(a.size_bytes)
+        .bind(a.sha256)
+        .bind(a.inline_data)
+        .bind(a.store_key)
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Ends an attempt. Returns the run's status afterwards (`queued` when a retry was scheduled).
+pub async fn complete_run(
+    ex: impl PgExecutor<'_>,
+    lease: Lease,
+    outcome: Outcome,
+    result: Option<&serde_json::Value>,
+    error: Option<&str>,
+) -> Result<RunStatus> {
+    let status: String = sqlx::query_scalar("SELECT runlane.complete_run($1, $2, $3, $4, $5)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(outcome.as_str())
+        .bind(result)
+        .bind(error)
+        .fetch_one(ex)
+        .await?;
+    status.parse().map_err(|e: String| Error::Schema(e))
+}
+
+/// Cancels a run. Returns `cancelled`, `cancel_requested`, or the status of an already finished run.
+pub async fn cancel_run(ex: impl PgExecutor<'_>, run: RunId, reason: Option<&str>) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT runlane.cancel_run($1, $2)").bind(run).bind(reason).fetch_one(ex).await?)
+}
+
+pub async fn retry_run(ex: impl PgExecutor<'_>, run: RunId) -> Result<()> {
+    sqlx::query("SELECT runlane.retry_run($1)").bind(run).execute(ex).await?;
+    Ok(())
+}
+
+pub async fn annotate_run(ex: impl PgExecutor<'_>, run: RunId, message: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT runlane.annotate_run($1, $2)").bind(run).bind(message).fetch_one(ex).await?)
+}
+
+pub async fn sweep(ex: impl PgExecutor<'_>, opts: &SweepOptions) -> Result<SweepReport> {
+    let secs = |s: u64| format!("{s} seconds");
+    let report: sqlx::types::Json<SweepReport> =
+        sqlx::query_scalar("SELECT runlane.sweep(coalesce($1, now()), $2::interval, $3::interval, $4::interval, $5)")
+            .bind(opts.now)
+            .bind(secs(opts.retention_s))
+            .bind(secs(opts.worker_timeout_s))
+            .bind(secs(opts.deadline_slack_s))
+            .bind(i32::try_from(opts.prune_limit).unwrap_or(i32::MAX))
+            .fetch_one(ex)
+            .await?;
+    Ok(report.0)
+}

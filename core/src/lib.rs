@@ -1,0 +1,19 @@
+//! # runlane-core
+//!
+//! The shared ground of every runlane process.
+//!
+//! # Layout
+//! - [`model`]: ids, lanes, statuses and the records that cross the queue seam.
+//! - [`error`]: the one error type of the queue layer; its variants decide what happens next.
+//! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
+//!   connecting and the embedded migrations.
+//! - [`broker`]: the `Broker` seam a worker reaches the queue through, and its PostgreSQL implementation.
+//! - [`local_pg`]: a throwaway PostgreSQL cluster from the `initdb`/`pg_ctl` on PATH (demo and tests).
+
+pub mod broker;
+pub mod db;
+pub mod error;
+pub mod local_pg;
+pub mod model;
+
+pub use error::{Error, Result};

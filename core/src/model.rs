@@ -1,0 +1,415 @@
+//! The queue's vocabulary: ids, lanes, statuses, and the records that cross the Broker seam.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A run's id (uuid v7, time-ordered).
+    RunId
+);
+id_type!(
+    /// A worker process's id: fresh at every process start.
+    WorkerId
+);
+id_type!(
+    /// An operator's group of runs (a demo, a benchmark, a deploy train).
+    SessionId
+);
+id_type!(
+    /// A stored artifact's id.
+    ArtifactId
+);
+
+/// One of the four lanes. Stored as its letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Lane {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl Lane {
+    /// Every lane, in name order.
+    pub const ALL: [Lane; 4] = [Lane::A, Lane::B, Lane::C, Lane::D];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::A => "A",
+            Lane::B => "B",
+            Lane::C => "C",
+            Lane::D => "D",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "A" => Ok(Lane::A),
+            "B" => Ok(Lane::B),
+            "C" => Ok(Lane::C),
+            "D" => Ok(Lane::D),
+            _ => Err(format!("unknown lane '{s}' (lanes: A, B, C, D)")),
+        }
+    }
+}
+
+/// Where a run is in its life cycle. Stored as snake_case text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Succeeded, failed or cancelled: nothing will happen to the run unless it is retried.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(RunStatus::Queued),
+            "running" => Ok(RunStatus::Running),
+            "succeeded" => Ok(RunStatus::Succeeded),
+            "failed" => Ok(RunStatus::Failed),
+            "cancelled" => Ok(RunStatus::Cancelled),
+            other => Err(format!("unknown run status '{other}'")),
+        }
+    }
+}
+
+/// How a worker ends its attempt at a run (`complete_run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    /// Queued again after a backoff while attempts remain, else failed.
+    Failed,
+    Cancelled,
+    /// Handed back by a draining worker: queued at once, no attempt used.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// How a step ended (`finish_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// A worker's state as recorded in `workers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Active,
+    Draining,
+    Gone,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+            WorkerState::Draining => "draining",
+            WorkerState::Gone => "gone",
+        }
+    }
+}
+
+/// The claim token on a running run: every write about the run carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub run_id: RunId,
+    pub token: Uuid,
+}
+
+/// A run as handed to the worker that claimed it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ClaimedRun {
+    pub run_id: RunId,
+    pub lease: Uuid,
+    pub lease_expires_at: DateTime<Utc>,
+    pub lane: String,
+    pub attempt: i32,
+    pub template: String,
+    pub template_version: i32,
+    pub params: serde_json::Value,
+    pub secret_params: Vec<String>,
+    pub steps: serde_json::Value,
+    pub timeout_ms: i32,
+    pub session_id: Option<SessionId>,
+}
+
+impl ClaimedRun {
+    pub fn lease(&self) -> Lease {
+        Lease { run_id: self.run_id, token: self.lease }
+    }
+}
+
+/// The answer to a run heartbeat whose lease still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub cancel_requested: bool,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// An event a lease holder appends (`append_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl NewEvent {
+    /// A `step.output` line.
+    pub fn output(step: i32, stream: Stream, line: impl Into<String>) -> Self {
+        NewEvent {
+            kind: "step.output".into(),
+            step: Some(step),
+            stream: Some(stream),
+            body: Some(line.into()),
+            data: None,
+        }
+    }
+}
+
+/// A stored event, as readers see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Event {
+    pub run_id: RunId,
+    pub seq: i64,
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<i32>,
+    pub stream: Option<String>,
+    pub body: Option<String>,
+    pub data: Option<serde_json::Value>,
+}
+
+/// What a worker tells the queue about itself at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    pub host: String,
+    pub lanes: Vec<Lane>,
+    pub slots: u32,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    pub lease_ms: u32,
+}
+
+/// A request to run a template.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EnqueueRequest {
+    pub template: String,
+    pub params: serde_json::Value,
+    pub lane: Option<Lane>,
+    pub priority: Option<i32>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub idempotency_key: Option<String>,
+    pub session_id: Option<SessionId>,
+}
+
+/// The sweeper's knobs; `now` is its clock (None: the database's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepOptions {
+    pub now: Option<DateTime<Utc>>,
+    pub retention_s: u64,
+    pub worker_timeout_s: u64,
+    pub deadline_slack_s: u64,
+    pub prune_limit: u32,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            now: None,
+            retention_s: 7 * 24 * 3600,
+            worker_timeout_s: 60,
+            deadline_slack_s: 30,
+            prune_limit: 10_000,
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Another sweeper held the lock; nothing was done.
+    pub skipped: bool,
+    #[serde(default)]
+    pub requeued: u64,
+    #[serde(default)]
+    pub crash_failed: u64,
+    #[serde(default)]
+    pub deadline_failed: u64,
+    #[serde(default)]
+    pub workers_gone: u64,
+    #[serde(default)]
+    pub pruned: u64,
+}
+
+/// A run as operators see it (`runlane show`, the API).
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub template: String,
+    pub template_version: i32,
+    pub lane: String,
+    pub priority: i32,
+    pub status: String,
+    pub params: serde_json::Value,
+    pub attempt: i32,
+    pub failed_attempts: i32,
+    pub max_attempts: i32,
+    pub crash_count: i32,
+    pub max_crashes: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub worker_id: Option<WorkerId>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub session_id: Option<SessionId>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+/// One lane's figures (`lane_stats`).
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LaneStats {
+    pub lane: String,
+    pub queued: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub max_running: Option<i32>,
+    pub oldest_queued_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_parse_case_insensitively_and_reject_others() {
+        assert_eq!("b".parse::<Lane>(), Ok(Lane::B));
+        assert_eq!(" D ".parse::<Lane>(), Ok(Lane::D));
+        assert_eq!("E".parse::<Lane>(), Err("unknown lane 'E' (lanes: A, B, C, D)".to_string()));
+    }
+
+    #[test]
+    fn run_status_round_trips_through_text() {
+        for s in [RunStatus::Queued, RunStatus::Running, RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled]
+        {
+            assert_eq!(s.as_str().parse::<RunStatus>(), Ok(s));
+        }
+        assert!(RunStatus::Cancelled.is_final());
+        assert!(!RunStatus::Running.is_final());
+    }
+
+    #[test]
+    fn output_events_serialize_without_empty_fields() {
+        let e = NewEvent::output(2, Stream::Stderr, "boom");
+        let json = serde_json::to_value(&e).expect("serializes");
+        assert_eq!(json, serde_json::json!({"kind": "step.output", "step": 2, "stream": "stderr", "body": "boom"}));
+    }
+}

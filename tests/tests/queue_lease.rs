@@ -1,0 +1,163 @@
+//! Leases, fencing, cancel and retries.
+
+use chrono::Utc;
+use runlane_core::db;
+use runlane_core::model::*;
+use runlane_core::{Error, Result};
+use runlane_tests::TestDb;
+use sqlx::postgres::PgListener;
+use std::time::{Duration, Instant};
+
+fn expect_lease_lost<T: std::fmt::Debug>(what: &str, r: Result<T>) {
+    match r {
+        Err(Error::LeaseLost(msg)) => assert!(msg.contains("lease lost"), "{what}: {msg}"),
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
+    }
+}
+
+/// Sweeps as if `ahead` had passed.
+async fn sweep_ahead(t: &TestDb, ahead: chrono::Duration) -> SweepReport {
+    let opts = SweepOptions { now: Some(Utc::now() + ahead), ..Default::default() };
+    db::sweep(&t.pool, &opts).await.expect("sweep")
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_fenced_off_and_the_second_worker_wins() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let run = t.enqueue("noop", Lane::C).await;
+    let first = t.register(&[Lane::C], 1_000).await;
+    let second = t.register(&[Lane::C], 15_000).await;
+
+    let claimed = db::claim_runs(&t.pool, first, &[Lane::C], 1, None).await.expect("claim");
+    let old = claimed[0].lease();
+    db::start_step(&t.pool, old, 0).await.expect("first worker starts the step");
+    db::append_events(&t.pool, old, &[NewEvent::output(0, Stream::Stdout, "first attempt")]).await.expect("append");
+
+    let report = sweep_ahead(&t, chrono::Duration::seconds(2)).await;
+    assert_eq!((report.requeued, report.crash_failed), (1, 0), "{report:?}");
+    let again = db::claim_runs(&t.pool, second, &[Lane::C], 1, None).await.expect("claim again");
+    assert_eq!(again.len(), 1);
+    let new = again[0].lease();
+    assert_eq!(new.run_id, run);
+    assert_ne!(new.token, old.token);
+
+    expect_lease_lost("heartbeat", db::heartbeat_run(&t.pool, old).await);
+    expect_lease_lost(
+        "append_events",
+        db::append_events(&t.pool, old, &[NewEvent::output(0, Stream::Stdout, "late")]).await,
+    );
+    expect_lease_lost("finish_step", db::finish_step(&t.pool, old, 0, StepStatus::Succeeded, Some(0), None).await);
+    expect_lease_lost("complete_run", db::complete_run(&t.pool, old, Outcome::Failed, None, Some("late")).await);
+
+    db::start_step(&t.pool, new, 0).await.expect("second worker starts");
+    db::finish_step(&t.pool, new, 0, StepStatus::Succeeded, Some(0), None).await.expect("finish");
+    assert_eq!(
+        db::complete_run(&t.pool, new, Outcome::Succeeded, None, None).await.expect("complete"),
+        RunStatus::Succeeded
+    );
+
+    let rec = db::get_run(&t.pool, run).await.expect("run");
+    assert_eq!((rec.status.as_str(), rec.worker_id, rec.crash_count, rec.attempt), ("succeeded", Some(second), 1, 2));
+    let events = db::read_events(&t.pool, run, 0, 100).await.expect("events");
+    assert!(events.iter().any(|e| e.attempt == 1 && e.body.as_deref() == Some("first attempt")), "first attempt kept");
+    assert!(!events.iter().any(|e| e.body.as_deref() == Some("late")), "late write refused");
+    let requeued = events.iter().find(|e| e.kind == "run.requeued").expect("requeue marked");
+    assert_eq!(requeued.data.as_ref().expect("data")["reason"], "lease_expired");
+}
+
+#[tokio::test]
+async fn cancel_queued_at_once_and_running_through_notify_and_heartbeat() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let queued = t.enqueue("noop", Lane::D).await;
+    assert_eq!(db::cancel_run(&t.pool, queued, Some("not needed")).await.expect("cancel"), "cancelled");
+    assert_eq!(t.status(queued).await, "cancelled");
+
+    let running = t.enqueue("noop", Lane::D).await;
+    let worker = t.register(&[Lane::D], 15_000).await;
+    let lease = db::claim_runs(&t.pool, worker, &[Lane::D], 1, None).await.expect("claim")[0].lease();
+    assert!(!db::heartbeat_run(&t.pool, lease).await.expect("heartbeat").cancel_requested);
+
+    let mut listener = PgListener::connect(&t.url).await.expect("listener");
+    listener.listen("runlane_cancel").await.expect("listen");
+    let asked = Instant::now();
+    assert_eq!(db::cancel_run(&t.pool, running, Some("operator said so")).await.expect("cancel"), "cancel_requested");
+    let note = tokio::time::timeout(Duration::from_millis(100), listener.recv())
+        .await
+        .expect("cancel notification within 100 ms")
+        .expect("notification");
+    assert_eq!(note.payload(), running.to_string());
+    assert!(asked.elapsed() < Duration::from_millis(100));
+    assert!(db::heartbeat_run(&t.pool, lease).await.expect("heartbeat").cancel_requested);
+    assert_eq!(t.status(running).await, "running", "a running run ends when its worker says so");
+    db::complete_run(&t.pool, lease, Outcome::Cancelled, None, Some("cancelled")).await.expect("complete");
+    assert_eq!(t.status(running).await, "cancelled");
+}
+
+#[tokio::test]
+async fn failed_attempts_back_off_then_fail_and_the_crash_cap_fails_too() {
+    let t = TestDb::new().await;
+    t.apply(
+        "flaky",
+        serde_json::json!({"max_attempts": 3, "backoff_base_ms": 60000, "max_crashes": 1,
+                           "steps": [{"name": "s", "kind": "noop"}]}),
+    )
+    .await;
+    let worker = t.register(&[Lane::B], 1_000).await;
+    let run = t.enqueue("flaky", Lane::B).await;
+    for (n, min_backoff_s) in [(1, 60), (2, 120)] {
+        let lease = db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim")[0].lease();
+        let before: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&t.pool).await.expect("now");
+        let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
+        assert_eq!(status, RunStatus::Queued, "attempt {n} of 3 failed: retry");
+        let rec = db::get_run(&t.pool, run).await.expect("run");
+        assert_eq!(rec.failed_attempts, n);
+        assert!(
+            rec.run_at >= before + chrono::Duration::seconds(min_backoff_s),
+            "backoff {n}: {:?}",
+            rec.run_at - before
+        );
+        assert!(
+            db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim").is_empty(),
+            "not before run_at"
+        );
+        sqlx::query("UPDATE runlane.runs SET run_at = now() WHERE id = $1")
+            .bind(run)
+            .execute(&t.pool)
+            .await
+            .expect("skip wait");
+    }
+    let lease = db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim")[0].lease();
+    let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
+    assert_eq!(status, RunStatus::Failed, "third failure of max_attempts = 3");
+
+    let crashy = t.enqueue("flaky", Lane::B).await;
+    db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim");
+    assert_eq!(sweep_ahead(&t, chrono::Duration::seconds(2)).await.requeued, 1, "first crash: requeued");
+    db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim");
+    assert_eq!(sweep_ahead(&t, chrono::Duration::seconds(2)).await.crash_failed, 1, "second crash: past the cap");
+    let rec = db::get_run(&t.pool, crashy).await.expect("run");
+    assert_eq!((rec.status.as_str(), rec.crash_count), ("failed", 2));
+    assert!(rec.error.as_deref().unwrap_or_default().contains("crash cap"), "{:?}", rec.error);
+}
+
+#[tokio::test]
+async fn interrupted_runs_go_back_without_using_an_attempt_and_sweep_is_exclusive() {
+    let t = TestDb::new().await;
+    t.apply("once", serde_json::json!({"max_attempts": 1, "steps": [{"name": "s", "kind": "noop"}]})).await;
+    let worker = t.register(&[Lane::A], 15_000).await;
+    let run = t.enqueue("once", Lane::A).await;
+    let lease = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim")[0].lease();
+    let status = db::complete_run(&t.pool, lease, Outcome::Interrupted, None, None).await.expect("interrupt");
+    assert_eq!(status, RunStatus::Queued);
+    let rec = db::get_run(&t.pool, run).await.expect("run");
+    assert_eq!((rec.failed_attempts, rec.attempt), (0, 1));
+
+    // A second sweeper while the first holds the lock does nothing.
+    let mut tx = t.pool.begin().await.expect("begin");
+    let first = db::sweep(&mut *tx, &SweepOptions::default()).await.expect("sweep");
+    let second = db::sweep(&t.pool, &SweepOptions::default()).await.expect("sweep");
+    tx.commit().await.expect("commit");
+    assert!(!first.skipped && second.skipped, "{first:?} {second:?}");
+}
