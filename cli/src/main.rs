@@ -14,18 +14,37 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a throwaway PostgreSQL and a worker, run a sample in every lane, tail them
+    Demo(commands::demo::Args),
+    /// Run the worker daemon
+    Worker(commands::worker::Args),
+    /// Enqueue a run of a template; prints its id
+    Enqueue(commands::enqueue::Args),
+    /// Follow a run's events live; exits 0 succeeded, 1 failed, 2 cancelled
+    Tail(commands::tail::Args),
+    /// One sweeper pass now
+    Sweep(commands::sweep::Args),
+    /// Measure throughput and latencies on a throwaway PostgreSQL
+    Bench(commands::bench::Args),
     /// Apply the embedded schema migrations (idempotent; refuses a newer schema)
     Migrate(commands::migrate::Args),
 }
 
+/// Logs go to stderr: `RUNLANE_LOG` is the filter (default `info,sqlx=warn`), `RUNLANE_LOG_FORMAT=json`
+/// switches to one JSON object per line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNLANE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("RUNLANE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNLANE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,6 +54,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Worker(args) => commands::worker::run(args).await,
+            Command::Enqueue(args) => commands::enqueue::run(args).await,
+            Command::Tail(args) => commands::tail::run(args).await,
+            Command::Sweep(args) => commands::sweep::run(args).await,
+            Command::Bench(args) => commands::bench::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,
         }
     });

@@ -6,7 +6,21 @@ use crate::db::{self, NewArtifact};
 use crate::error::Result;
 use crate::model::*;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A wake-up from the queue. Notices can be missed (a reconnect), so every consumer also polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A run became runnable in this lane.
+    LaneReady(Lane),
+    /// Cancellation was requested for this run.
+    Cancel(RunId),
+    /// The notice stream was interrupted and is back: anything may have been missed.
+    Resumed,
+}
 
 /// The worker's view of the queue.
 pub trait Broker: Send + Sync + 'static {
@@ -45,6 +59,9 @@ pub trait Broker: Send + Sync + 'static {
         error: Option<&str>,
     ) -> impl Future<Output = Result<RunStatus>> + Send;
     fn sweep(&self, opts: &SweepOptions) -> impl Future<Output = Result<SweepReport>> + Send;
+    fn lane_stats(&self) -> impl Future<Output = Result<Vec<LaneStats>>> + Send;
+    /// Notices for these lanes and for cancellations, until the receiver is dropped.
+    fn subscribe(&self, lanes: &[Lane]) -> impl Future<Output = Result<mpsc::Receiver<Notice>>> + Send;
 }
 
 /// The queue reached through a PostgreSQL pool.
@@ -127,5 +144,76 @@ impl Broker for PgBroker {
 
     async fn sweep(&self, opts: &SweepOptions) -> Result<SweepReport> {
         db::sweep(&self.pool, opts).await
+    }
+
+    async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
+        db::lane_stats(&self.pool).await
+    }
+
+    async fn subscribe(&self, lanes: &[Lane]) -> Result<mpsc::Receiver<Notice>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut channels: Vec<String> = lanes.iter().map(|l| lane_channel(*l)).collect();
+        channels.push(CANCEL_CHANNEL.to_string());
+        listener.listen_all(channels.iter().map(String::as_str)).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(forward_notices(listener, tx));
+        Ok(rx)
+    }
+}
+
+/// The NOTIFY channel of a lane (`runlane_lane_a` …).
+pub fn lane_channel(lane: Lane) -> String {
+    format!("runlane_lane_{}", lane.as_str().to_ascii_lowercase())
+}
+
+pub const CANCEL_CHANNEL: &str = "runlane_cancel";
+pub const EVENTS_CHANNEL: &str = "runlane_events";
+
+/// Turns notifications into notices until the receiver goes away. `PgListener` reconnects by
+/// itself on the next `recv` after a failure; a `Resumed` notice then tells the consumer to poll.
+async fn forward_notices(mut listener: PgListener, tx: mpsc::Sender<Notice>) {
+    let mut broken = false;
+    loop {
+        let notice = tokio::select! {
+            _ = tx.closed() => return,
+            got = listener.try_recv() => got,
+        };
+        let notice = match notice {
+            Ok(Some(n)) => {
+                let channel = n.channel();
+                if channel == CANCEL_CHANNEL {
+                    match n.payload().parse() {
+                        Ok(run) => Notice::Cancel(run),
+                        Err(_) => continue,
+                    }
+                } else if let Some(lane) = channel.strip_prefix("runlane_lane_").and_then(|l| l.parse().ok()) {
+                    Notice::LaneReady(lane)
+                } else {
+                    continue;
+                }
+            }
+            // The connection was lost; the next try_recv reconnects.
+            Ok(None) => {
+                broken = true;
+                continue;
+            }
+            Err(e) => {
+                if !broken {
+                    tracing::warn!(error = %e, "notification connection lost; reconnecting");
+                }
+                broken = true;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        if broken {
+            broken = false;
+            if tx.send(Notice::Resumed).await.is_err() {
+                return;
+            }
+        }
+        if tx.send(notice).await.is_err() {
+            return;
+        }
     }
 }

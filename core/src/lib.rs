@@ -8,6 +8,9 @@
 //! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
 //!   connecting and the embedded migrations.
 //! - [`broker`]: the `Broker` seam a worker reaches the queue through, and its PostgreSQL implementation.
+//! - [`settings`]: the layered, validated settings of every process.
+//! - [`steps`]: the step DSL (shell, docker, http, noop) and `${{ params.x }}` substitution.
+//! - [`templates`]: template files (YAML) parsed and checked before they are applied.
 //! - [`local_pg`]: a throwaway PostgreSQL cluster from the `initdb`/`pg_ctl` on PATH (demo and tests).
 
 pub mod broker;
@@ -15,5 +18,8 @@ pub mod db;
 pub mod error;
 pub mod local_pg;
 pub mod model;
+pub mod settings;
+pub mod steps;
+pub mod templates;
 
 pub use error::{Error, Result};

@@ -1,3 +1,10 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod common;
+pub mod demo;
+pub mod enqueue;
 pub mod migrate;
+pub mod sweep;
+pub mod tail;
+pub mod worker;

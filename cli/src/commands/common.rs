@@ -1,0 +1,40 @@
+//! What every subcommand that talks to the queue shares: settings and the connection.
+
+use anyhow::Context;
+use runlane_core::db;
+use runlane_core::settings::Settings;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML settings file (defaults < file < RUNLANE__SECTION__KEY env vars < flags)
+    #[arg(long, env = "RUNLANE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL (overrides database.url)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads settings with these flags, plus a command's own overrides, on top.
+    pub fn load(&self, mut overrides: Vec<(&'static str, String)>) -> anyhow::Result<Settings> {
+        if let Some(url) = &self.database_url {
+            overrides.push(("database.url", url.clone()));
+        }
+        Settings::load(self.config.as_deref(), &overrides).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Connects and checks the schema version.
+pub async fn connect(settings: &Settings, application_name: &str) -> anyhow::Result<PgPool> {
+    let url = settings.database.url.as_ref().context(
+        "no database URL: pass --database-url, set DATABASE_URL or RUNLANE__DATABASE__URL, or put database.url in the config file",
+    )?;
+    let pool = db::connect(url.expose_secret(), settings.database.max_connections, application_name)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::check_schema(&pool).await?;
+    Ok(pool)
+}

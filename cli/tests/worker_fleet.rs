@@ -1,0 +1,163 @@
+//! Worker processes end to end: tail, drain on SIGTERM, cancel. Real processes, real signals,
+//! a real PostgreSQL.
+
+use runlane_core::db;
+use runlane_core::model::*;
+use runlane_tests::TestDb;
+use runlane_tests::process::{WorkerProc, processes_in_group, wait_until};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runlane");
+
+async fn event_with_body(t: &TestDb, run: RunId, needle: &str) -> Option<Event> {
+    let events = db::read_events(&t.pool, run, 0, 10_000).await.expect("events");
+    events.into_iter().find(|e| e.body.as_deref().is_some_and(|b| b.contains(needle)))
+}
+
+async fn run_status(t: &TestDb, run: RunId) -> RunRecord {
+    db::get_run(&t.pool, run).await.expect("run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_run_a_shell_runbook_and_tail_follows_it_live() {
+    let t = TestDb::new().await;
+    t.apply(
+        "chatty",
+        json!({"steps": [
+            {"name": "one", "kind": "shell",
+             "command": "echo out-1; sleep 0.2; echo err-1 >&2; sleep 0.2; echo out-2; sleep 1.5; echo out-3"},
+            {"name": "two", "kind": "shell", "command": "echo err-2 >&2; exit 0"}
+        ]}),
+    )
+    .await;
+    let _w1 = WorkerProc::spawn(Path::new(BIN), &t.url, "w1", &[]);
+    let _w2 = WorkerProc::spawn(Path::new(BIN), &t.url, "w2", &[]);
+    let run = t.enqueue("chatty", Lane::A).await;
+
+    let mut tail = tokio::process::Command::new(BIN)
+        .args(["tail", &run.to_string()])
+        .env("DATABASE_URL", &t.url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("runlane tail");
+    let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    let mut output = Vec::new();
+    let mut seen_live = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline.into(), lines.next_line()).await.expect("tail in time")
+    {
+        if line.ends_with("stdout | out-2") {
+            // The tail shows out-2 while the step is still sleeping before out-3.
+            seen_live = run_status(&t, run).await.status == "running";
+        }
+        if let Some((_, labelled)) = line.split_once(' ')
+            && labelled.contains(" | ")
+        {
+            output.push(labelled.to_string());
+        }
+    }
+    let status = tail.wait().await.expect("tail exits");
+    assert!(status.success(), "tail exits 0 on success");
+    assert!(seen_live, "lines appeared while the run was still running");
+    assert_eq!(output, ["stdout | out-1", "stderr | err-1", "stdout | out-2", "stdout | out-3", "stderr | err-2"]);
+
+    let rec = run_status(&t, run).await;
+    assert_eq!(rec.status, "succeeded");
+    let steps: Vec<(i32, String, Option<i32>)> =
+        sqlx::query_as("SELECT idx, status, exit_code FROM runlane.run_steps WHERE run_id = $1 ORDER BY idx")
+            .bind(run)
+            .fetch_all(&t.pool)
+            .await
+            .expect("steps");
+    assert_eq!(steps, [(0, "succeeded".to_string(), Some(0)), (1, "succeeded".to_string(), Some(0))]);
+    let workers = t.count("SELECT count(*) FROM runlane.workers WHERE state = 'active'").await;
+    assert_eq!(workers, 2, "both workers registered and alive");
+}
+
+async fn start_sleeper(t: &TestDb, grace_ms: &str) -> (WorkerProc, RunId) {
+    t.apply(
+        "sleeper",
+        json!({"steps": [{"name": "nap", "kind": "shell", "command": "echo started; sleep 5; echo finished"}]}),
+    )
+    .await;
+    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "drainer", &[("RUNLANE__WORKER__SHUTDOWN_GRACE_MS", grace_ms)]);
+    let run = t.enqueue("sleeper", Lane::B).await;
+    wait_until("the step to start", Duration::from_secs(20), || event_with_body(t, run, "started")).await;
+    (w, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_run_finish_within_the_grace() {
+    let t = TestDb::new().await;
+    let (mut w, run) = start_sleeper(&t, "10000").await;
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "worker exits 0 after draining\n{}", w.log());
+    let rec = run_status(&t, run).await;
+    assert_eq!((rec.status.as_str(), rec.attempt), ("succeeded", 1), "{}", w.log());
+    assert!(event_with_body(&t, run, "finished").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
+    let t = TestDb::new().await;
+    let (mut w, run) = start_sleeper(&t, "1000").await;
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", w.log());
+    let rec = run_status(&t, run).await;
+    assert_eq!((rec.status.as_str(), rec.failed_attempts, rec.crash_count), ("queued", 0, 0), "{}", w.log());
+    let events = db::read_events(&t.pool, run, 0, 1000).await.expect("events");
+    let requeued = events.iter().find(|e| e.kind == "run.requeued").expect("requeue recorded");
+    assert_eq!(requeued.data.as_ref().expect("data")["reason"], "interrupted");
+
+    let _other = WorkerProc::spawn(Path::new(BIN), &t.url, "other", &[]);
+    let done = wait_until("the other worker to finish it", Duration::from_secs(20), || async {
+        let rec = run_status(&t, run).await;
+        (rec.status == "succeeded").then_some(rec)
+    })
+    .await;
+    assert_eq!((done.attempt, done.failed_attempts), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_step_that_ignores_sigterm_and_runs_the_always_step() {
+    let t = TestDb::new().await;
+    t.apply(
+        "stubborn",
+        json!({"steps": [
+            {"name": "hold", "kind": "shell", "cancel_grace_ms": 1000,
+             "command": "echo pgid $$; trap '' TERM; sleep 300 & sleep 300; wait"},
+            {"name": "never", "kind": "shell", "command": "echo should-not-run"},
+            {"name": "cleanup", "kind": "shell", "always": true, "command": "echo cleaned up"}
+        ]}),
+    )
+    .await;
+    let _w = WorkerProc::spawn(Path::new(BIN), &t.url, "canceller", &[]);
+    let run = t.enqueue("stubborn", Lane::C).await;
+    let pgid_line =
+        wait_until("the step to start", Duration::from_secs(20), || event_with_body(&t, run, "pgid ")).await;
+    let pgid: u32 = pgid_line.body.expect("body").trim_start_matches("pgid ").trim().parse().expect("pgid");
+    assert!(processes_in_group(pgid) >= 2, "the step and its child run");
+
+    let asked = Instant::now();
+    assert_eq!(db::cancel_run(&t.pool, run, Some("test")).await.expect("cancel"), "cancel_requested");
+    wait_until("the process group to be gone", Duration::from_secs(2), || async {
+        (processes_in_group(pgid) == 0).then_some(())
+    })
+    .await;
+    let gone_after = asked.elapsed();
+    assert!(gone_after < Duration::from_secs(2), "gone {gone_after:?} after cancel (grace 1 s + 1 s)");
+    let rec = wait_until("the run to be cancelled", Duration::from_secs(10), || async {
+        let rec = run_status(&t, run).await;
+        (rec.status != "running").then_some(rec)
+    })
+    .await;
+    assert_eq!(rec.status, "cancelled");
+    assert!(event_with_body(&t, run, "cleaned up").await.is_some(), "the always step ran");
+    assert!(event_with_body(&t, run, "should-not-run").await.is_none(), "a normal step after cancel did not");
+}

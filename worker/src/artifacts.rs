@@ -1,0 +1,133 @@
+//! Storing what steps produce. Small artifacts go inline into PostgreSQL; larger ones into the
+//! object store (a local directory by default; S3 or DigitalOcean Spaces by config), and the
+//! database keeps their key. Either way the record has the size, sha256 and content type.
+
+use crate::executors::{ArtifactData, ProducedArtifact};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use runlane_core::broker::Broker;
+use runlane_core::db::NewArtifact;
+use runlane_core::model::{ArtifactId, Lease};
+use runlane_core::settings::ArtifactSettings;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The largest artifact accepted (it is held in memory while stored).
+const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("artifact '{name}': {source}")]
+    Read { name: String, source: std::io::Error },
+    #[error("artifact '{name}' is {size} bytes, over the {MAX_ARTIFACT_BYTES}-byte limit")]
+    TooLarge { name: String, size: u64 },
+    #[error("artifact '{name}': object store: {source}")]
+    Store { name: String, source: object_store::Error },
+    #[error("artifact '{name}': {source}")]
+    Queue { name: String, source: runlane_core::Error },
+}
+
+impl ArtifactError {
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, ArtifactError::Queue { source: runlane_core::Error::LeaseLost(_), .. })
+    }
+}
+
+/// Where artifacts go.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    inline_max_bytes: u64,
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (from an `s3://bucket/prefix` URL).
+    prefix: String,
+}
+
+impl ArtifactStore {
+    pub fn from_settings(s: &ArtifactSettings) -> Result<Self, String> {
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = match &s.s3_url {
+            Some(url) => {
+                let rest = url
+                    .strip_prefix("s3://")
+                    .ok_or_else(|| format!("artifacts.s3_url must be s3://bucket[/prefix], got {url}"))?;
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &s.s3_endpoint {
+                    b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &s.s3_region {
+                    b = b.with_region(region);
+                }
+                (Arc::new(b.build().map_err(|e| format!("artifact store: {e}"))?), prefix.trim_matches('/').to_string())
+            }
+            None => {
+                std::fs::create_dir_all(&s.local_dir)
+                    .map_err(|e| format!("artifacts.local_dir {}: {e}", s.local_dir.display()))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&s.local_dir)
+                    .map_err(|e| format!("artifacts.local_dir {}: {e}", s.local_dir.display()))?;
+                (Arc::new(local), String::new())
+            }
+        };
+        Ok(ArtifactStore { inline_max_bytes: s.inline_max_bytes, store, prefix })
+    }
+
+    /// The object store (readers fetch large artifacts by their key).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Stores one artifact and records it for the lease holder's run.
+    pub async fn save<B: Broker>(
+        &self,
+        broker: &B,
+        lease: Lease,
+        attempt: i32,
+        step: i32,
+        artifact: &ProducedArtifact,
+    ) -> Result<ArtifactId, ArtifactError> {
+        let name = artifact.name.clone();
+        let bytes = match &artifact.data {
+            ArtifactData::Bytes(b) => b.clone(),
+            ArtifactData::File(path) => {
+                let size = tokio::fs::metadata(path)
+                    .await
+                    .map_err(|e| ArtifactError::Read { name: name.clone(), source: e })?
+                    .len();
+                if size > MAX_ARTIFACT_BYTES {
+                    return Err(ArtifactError::TooLarge { name, size });
+                }
+                tokio::fs::read(path).await.map_err(|e| ArtifactError::Read { name: name.clone(), source: e })?
+            }
+        };
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        let key = (size > self.inline_max_bytes).then(|| self.key_for(lease, attempt, &name));
+        if let Some(key) = &key {
+            self.store
+                .put(&StorePath::from(key.as_str()), PutPayload::from(bytes.clone()))
+                .await
+                .map_err(|e| ArtifactError::Store { name: name.clone(), source: e })?;
+        }
+        let record = NewArtifact {
+            step: Some(step),
+            name: &name,
+            content_type: &artifact.content_type,
+            size_bytes: size as i64,
+            sha256: &sha256,
+            inline_data: key.is_none().then_some(bytes.as_slice()),
+            store_key: key.as_deref(),
+        };
+        broker.put_artifact(lease, &record).await.map_err(|e| ArtifactError::Queue { name, source: e })
+    }
+
+    fn key_for(&self, lease: Lease, attempt: i32, name: &str) -> String {
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-/".contains(c) { c } else { '_' }).collect();
+        let key = format!("runs/{}/{attempt}/{}", lease.run_id, safe.trim_start_matches('/'));
+        if self.prefix.is_empty() { key } else { format!("{}/{key}", self.prefix) }
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

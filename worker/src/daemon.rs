@@ -1,0 +1,89 @@
+//! Wires a worker process over PostgreSQL: pool, executors, artifact store, registration, the claim
+//! loop, the sweeper and the health endpoint. The binary only adds flags and signals.
+
+use crate::artifacts::ArtifactStore;
+use crate::executors::http::HttpExecutor;
+use crate::executors::noop::NoopExecutor;
+use crate::executors::shell::ShellExecutor;
+use crate::metrics::Metrics;
+use crate::run_task::{Executors, Shared};
+use crate::worker::{Capacity, Shutdown, Worker};
+use crate::{health, sweeper};
+use runlane_core::broker::PgBroker;
+use runlane_core::model::WorkerId;
+use runlane_core::settings::Settings;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started worker process.
+#[derive(Debug)]
+pub struct Daemon {
+    pub worker_id: WorkerId,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub health_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    task: JoinHandle<runlane_core::Result<()>>,
+}
+
+impl Daemon {
+    /// Registers and starts everything; returns once the worker is claiming.
+    pub async fn start(
+        settings: Settings,
+        pool: PgPool,
+        shutdown: Shutdown,
+        capacity: watch::Receiver<Capacity>,
+    ) -> Result<Daemon, String> {
+        runlane_core::db::check_schema(&pool).await.map_err(|e| e.to_string())?;
+        let metrics = Arc::new(Metrics::default());
+        let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
+        let executors = Executors { shell: ShellExecutor, http: HttpExecutor::new()?, noop: NoopExecutor };
+        std::fs::create_dir_all(&settings.worker.work_dir)
+            .map_err(|e| format!("worker.work_dir {}: {e}", settings.worker.work_dir.display()))?;
+        let secret_env_values = settings
+            .worker
+            .secret_env
+            .iter()
+            .filter_map(|name| std::env::var(name).ok())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let shared = Shared {
+            broker: Arc::new(PgBroker::new(pool.clone())),
+            worker_id: WorkerId(uuid::Uuid::nil()),
+            settings: settings.worker.clone(),
+            metrics: metrics.clone(),
+            artifacts,
+            executors,
+            secret_env_values,
+        };
+        let worker = Worker::register(shared, Vec::new()).await.map_err(|e| format!("registering the worker: {e}"))?;
+        let worker_id = worker.id();
+        let stopped = CancellationToken::new();
+        let health_addr = health::serve(&settings.worker.listen, metrics.clone(), stopped.clone())
+            .await
+            .map_err(|e| format!("worker.listen {}: {e}", settings.worker.listen))?;
+        if settings.sweeper.enabled {
+            tokio::spawn(sweeper::run(pool, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
+        }
+        let task = tokio::spawn(async move {
+            let result = worker.run(shutdown, capacity).await;
+            stopped.cancel();
+            result
+        });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(%worker_id, health = %health_addr, "worker ready");
+        Ok(Daemon { worker_id, health_addr, metrics, task })
+    }
+
+    /// Waits until the worker has drained and stopped.
+    pub async fn wait(self) -> Result<(), String> {
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the worker task failed: {e}")),
+        }
+    }
+}

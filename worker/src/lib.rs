@@ -1,0 +1,27 @@
+//! # runlane-worker
+//!
+//! The worker daemon: claims runs from its lanes, executes their steps, streams their output.
+//!
+//! # Layout
+//! - [`daemon`]: wiring of a worker process over PostgreSQL (pool, executors, sweeper, health).
+//! - [`worker`]: the process: registration, the claim loop, signals, drain.
+//! - [`run_task`]: one run from claim to completion: steps in order, heartbeats, cancel, `always` steps.
+//! - [`executors`]: one file per step kind behind the `Executor` trait.
+//! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
+//! - [`event_writer`]: the per-run batching writer in front of `append_events`.
+//! - [`artifacts`]: storing what steps produce: inline in PostgreSQL or in the object store.
+//! - [`sweeper`]: the leader-only maintenance loop.
+//! - [`process_group`]: which processes of a step's group are still alive (/proc).
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
+
+pub mod artifacts;
+pub mod daemon;
+pub mod event_writer;
+pub mod executors;
+pub mod health;
+pub mod metrics;
+pub mod output;
+pub mod process_group;
+pub mod run_task;
+pub mod sweeper;
+pub mod worker;

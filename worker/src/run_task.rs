@@ -1,0 +1,402 @@
+//! One run, from claim to completion: its steps in order, a heartbeat that renews the lease (and
+//! learns of cancellation), `always` steps after a failure or cancel, and the final `complete_run`.
+//! Nothing is held open in the database while a step runs: every write carries the lease.
+
+use crate::artifacts::ArtifactStore;
+use crate::event_writer::{EventWriter, WriterOptions};
+use crate::executors::http::HttpExecutor;
+use crate::executors::noop::NoopExecutor;
+use crate::executors::shell::ShellExecutor;
+use crate::executors::{Executor, StepContext, StepOutcome};
+use crate::metrics::Metrics;
+use crate::output::{Masker, RunOutput};
+use runlane_core::broker::Broker;
+use runlane_core::model::*;
+use runlane_core::settings::WorkerSettings;
+use runlane_core::steps::{self, StepAction, StepSpec};
+use runlane_core::{Error, Result};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The step executors a worker has.
+#[derive(Debug)]
+pub struct Executors {
+    pub shell: ShellExecutor,
+    pub http: HttpExecutor,
+    pub noop: NoopExecutor,
+}
+
+/// What every run task of a worker shares.
+#[derive(Debug)]
+pub struct Shared<B> {
+    pub broker: Arc<B>,
+    pub worker_id: WorkerId,
+    pub settings: WorkerSettings,
+    pub metrics: Arc<Metrics>,
+    pub artifacts: ArtifactStore,
+    pub executors: Executors,
+    /// Values of the env vars named in `worker.secret_env`: masked like secret params.
+    pub secret_env_values: Vec<String>,
+}
+
+/// How the worker reaches a running run.
+#[derive(Debug, Clone)]
+pub struct RunSignals {
+    /// Cancellation was requested (NOTIFY or heartbeat): stop normal steps, run `always` steps.
+    pub cancel: CancellationToken,
+    /// The drain grace is over: stop everything and hand the run back.
+    pub interrupt: CancellationToken,
+}
+
+/// How a run task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `complete_run` answered with this status.
+    Completed(RunStatus),
+    /// The lease was lost: the run is someone else's now; nothing more was written.
+    LeaseLost,
+}
+
+/// Executes a claimed run to its end.
+pub async fn execute<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signals: RunSignals) -> RunEnd {
+    let span = tracing::info_span!("run", run_id = %run.run_id, lane = %run.lane, attempt = run.attempt);
+    execute_inner(shared, run, signals).instrument(span).await
+}
+
+async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signals: RunSignals) -> RunEnd {
+    let started = Instant::now();
+    let lease = run.lease();
+    let settings = &shared.settings;
+    // abort: lease lost or interrupted — stop everything. signals.cancel stops normal steps only.
+    let abort = signals.interrupt.child_token();
+    let lease_lost = CancellationToken::new();
+    let done = CancellationToken::new();
+    tokio::spawn(link(lease_lost.clone(), abort.clone(), done.clone()));
+    tokio::spawn(link(abort.clone(), signals.cancel.clone(), done.clone()));
+
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(settings.event_flush_ms),
+        batch_max: settings.event_batch_max,
+    };
+    let (writer, writer_task) =
+        EventWriter::spawn(shared.broker.clone(), lease, opts, lease_lost.clone(), shared.metrics.clone());
+    let masker = Masker::new(
+        run.secret_params
+            .iter()
+            .filter_map(|k| run.params.get(k).map(steps::param_text))
+            .chain(shared.secret_env_values.iter().cloned()),
+    );
+    let output = RunOutput::new(writer.clone(), masker, settings.output_cap_bytes, Duration::from_millis(200));
+    let heartbeat =
+        tokio::spawn(heartbeat_loop(shared.clone(), lease, signals.cancel.clone(), lease_lost.clone(), done.clone()));
+
+    let work_dir = settings.work_dir.join(format!("{}-{}", run.run_id, run.attempt));
+    let deadline = started + Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
+    let verdict = match steps::parse_steps(&run.steps) {
+        Ok(specs) => {
+            let mut steps =
+                StepRunner { shared: &shared, run: &run, output: &output, work_dir: work_dir.clone(), deadline };
+            steps.run_all(&specs, &signals.cancel, &abort, &lease_lost).await
+        }
+        Err(e) => Verdict::Failed(format!("the run's steps are invalid: {e}")),
+    };
+    let _ = writer.flush().await;
+    done.cancel();
+    let _ = heartbeat.await;
+    let masker = output.masker().clone();
+    drop(output);
+    drop(writer);
+    let _ = writer_task.await;
+    let _ = tokio::fs::remove_dir_all(&work_dir).await;
+    let _ = tokio::fs::remove_dir_all(work_dir.with_extension("artifacts")).await;
+
+    if lease_lost.is_cancelled() {
+        shared.metrics.leases_lost.inc();
+        tracing::warn!("lease lost: the run was aborted here and is no longer this worker's");
+        return RunEnd::LeaseLost;
+    }
+    let (outcome, error) = if signals.interrupt.is_cancelled() {
+        (Outcome::Interrupted, Some("interrupted: the worker shut down".to_string()))
+    } else {
+        match verdict {
+            Verdict::Succeeded => (Outcome::Succeeded, None),
+            Verdict::Cancelled => (Outcome::Cancelled, Some("cancelled".to_string())),
+            Verdict::Failed(e) => (Outcome::Failed, Some(e)),
+        }
+    };
+    let error = error.map(|e| masker.mask(&e));
+    let broker = &shared.broker;
+    match persist(&lease_lost, || broker.complete_run(lease, outcome, None, error.as_deref())).await {
+        Ok(status) => {
+            shared.metrics.finished(&run.lane, status, started.elapsed().as_secs_f64());
+            tracing::info!(%status, "run attempt ended");
+            RunEnd::Completed(status)
+        }
+        Err(e) => {
+            if !matches!(e, Error::LeaseLost(_)) {
+                tracing::error!(error = %e, "could not complete the run; its lease will expire and the sweeper will requeue it");
+            }
+            shared.metrics.leases_lost.inc();
+            RunEnd::LeaseLost
+        }
+    }
+}
+
+/// What the steps came to.
+#[derive(Debug)]
+enum Verdict {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+struct StepRunner<'a, B> {
+    shared: &'a Arc<Shared<B>>,
+    run: &'a ClaimedRun,
+    output: &'a RunOutput,
+    work_dir: PathBuf,
+    deadline: Instant,
+}
+
+impl<B: Broker> StepRunner<'_, B> {
+    async fn run_all(
+        &mut self,
+        specs: &[StepSpec],
+        cancel: &CancellationToken,
+        abort: &CancellationToken,
+        lease_lost: &CancellationToken,
+    ) -> Verdict {
+        let mut failure: Option<String> = None;
+        for (i, spec) in specs.iter().enumerate() {
+            if abort.is_cancelled() {
+                break;
+            }
+            let stopping = failure.is_some() || cancel.is_cancelled();
+            if stopping && !spec.always {
+                continue;
+            }
+            let Some(left) = self.deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                failure.get_or_insert(format!("the run timed out after {} ms", self.run.timeout_ms));
+                continue;
+            };
+            // Cleanup steps after a cancel still stop on abort (lease lost, interrupt).
+            let token = if spec.always { abort.child_token() } else { cancel.child_token() };
+            let outcome = match self.run_step(i as i32, spec, left, token, lease_lost).await {
+                Ok(outcome) => outcome,
+                Err(_) => break, // the lease is gone: write nothing more
+            };
+            if outcome.status != StepStatus::Succeeded
+                && !spec.continue_on_error
+                && failure.is_none()
+                && !cancel.is_cancelled()
+            {
+                let why = outcome.error.clone().unwrap_or_else(|| outcome.status.as_str().to_string());
+                failure = Some(format!("step '{}' {}: {why}", spec.name, outcome.status.as_str()));
+            }
+        }
+        match failure {
+            _ if cancel.is_cancelled() && !abort.is_cancelled() => Verdict::Cancelled,
+            Some(e) => Verdict::Failed(e),
+            None => Verdict::Succeeded,
+        }
+    }
+
+    async fn run_step(
+        &mut self,
+        index: i32,
+        spec: &StepSpec,
+        left: Duration,
+        token: CancellationToken,
+        lease_lost: &CancellationToken,
+    ) -> Result<StepOutcome> {
+        let broker = &self.shared.broker;
+        let lease = self.run.lease();
+        persist(lease_lost, || broker.start_step(lease, index)).await?;
+        let ctx = self.context(index, spec, left, token).await;
+        let outcome = match ctx {
+            Ok(ctx) => {
+                let outcome = dispatch(self.shared.clone(), spec.action.clone(), ctx.clone()).await;
+                let _ = ctx.output.finish().await;
+                for artifact in &outcome.artifacts {
+                    if let Err(e) =
+                        self.shared.artifacts.save(&**broker, lease, self.run.attempt, index, artifact).await
+                    {
+                        if e.is_lease_lost() {
+                            return Err(Error::LeaseLost(e.to_string()));
+                        }
+                        let _ = ctx.output.line(Stream::Stderr, &format!("runlane: {e}")).await;
+                        let _ = ctx.output.finish().await;
+                    }
+                }
+                outcome
+            }
+            Err(e) => StepOutcome::failed(None, format!("could not prepare the step: {e}")),
+        };
+        let error = outcome.error.as_deref().map(|e| self.output.masker().mask(e));
+        persist(lease_lost, || broker.finish_step(lease, index, outcome.status, outcome.exit_code, error.as_deref()))
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn context(
+        &self,
+        index: i32,
+        spec: &StepSpec,
+        left: Duration,
+        token: CancellationToken,
+    ) -> std::io::Result<StepContext> {
+        let artifacts_dir = self.work_dir.with_extension("artifacts").join(format!("step-{index}"));
+        tokio::fs::create_dir_all(&self.work_dir).await?;
+        tokio::fs::create_dir_all(&artifacts_dir).await?;
+        let run = self.run;
+        let mut env = vec![
+            ("RUNLANE_RUN_ID".to_string(), run.run_id.to_string()),
+            ("RUNLANE_ATTEMPT".to_string(), run.attempt.to_string()),
+            ("RUNLANE_LANE".to_string(), run.lane.clone()),
+            ("RUNLANE_TEMPLATE".to_string(), run.template.clone()),
+            ("RUNLANE_STEP".to_string(), index.to_string()),
+            ("RUNLANE_STEP_NAME".to_string(), spec.name.clone()),
+        ];
+        if let Some(params) = run.params.as_object() {
+            env.extend(params.iter().map(|(k, v)| (steps::param_env_name(k), steps::param_text(v))));
+        }
+        let timeout = spec.timeout_ms.map(Duration::from_millis).map_or(left, |t| t.min(left));
+        let grace = Duration::from_millis(spec.cancel_grace_ms.unwrap_or(self.shared.settings.step_grace_ms));
+        Ok(StepContext {
+            run_id: run.run_id,
+            attempt: run.attempt,
+            worker_id: self.shared.worker_id,
+            step: index,
+            step_name: spec.name.clone(),
+            params: run.params.clone(),
+            work_dir: self.work_dir.clone(),
+            artifacts_dir,
+            env,
+            output: self.output.for_step(index),
+            cancel: token,
+            timeout,
+            grace,
+        })
+    }
+}
+
+/// Runs the step's executor in its own task: a panic fails the step, never the worker.
+async fn dispatch<B: Broker>(shared: Arc<Shared<B>>, action: StepAction, ctx: StepContext) -> StepOutcome {
+    let task = tokio::spawn(async move {
+        let ex = &shared.executors;
+        match &action {
+            StepAction::Shell(s) => ex.shell.run(s, &ctx).await,
+            StepAction::Http(h) => ex.http.run(h, &ctx).await,
+            StepAction::Noop(n) => ex.noop.run(n, &ctx).await,
+            StepAction::Docker(_) => StepOutcome::failed(None, "this worker has no Docker engine for docker steps"),
+        }
+    });
+    match task.await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(%why, "a step executor panicked");
+            StepOutcome::failed(None, format!("the step's executor panicked: {why}"))
+        }
+        Err(_) => StepOutcome::cancelled(),
+    }
+}
+
+/// Renews the lease every heartbeat interval. A refused renewal — or none reaching the queue for a
+/// whole lease — means the run is no longer ours: `lease_lost` fires and the run is aborted.
+async fn heartbeat_loop<B: Broker>(
+    shared: Arc<Shared<B>>,
+    lease: Lease,
+    cancel: CancellationToken,
+    lease_lost: CancellationToken,
+    done: CancellationToken,
+) {
+    let every = Duration::from_millis(shared.settings.heartbeat_interval_ms);
+    let lease_for = Duration::from_millis(shared.settings.lease_ms);
+    let mut last_ok = Instant::now();
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = done.cancelled() => return,
+            _ = lease_lost.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match tokio::time::timeout(every, shared.broker.heartbeat_run(lease)).await {
+            Ok(Ok(reply)) => {
+                last_ok = Instant::now();
+                if reply.cancel_requested && !cancel.is_cancelled() {
+                    tracing::info!("cancel requested (heartbeat)");
+                    cancel.cancel();
+                }
+            }
+            Ok(Err(Error::LeaseLost(_))) => {
+                lease_lost.cancel();
+                return;
+            }
+            failed => {
+                shared.metrics.heartbeat_failures.inc();
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(error = %why, "heartbeat failed");
+                if last_ok.elapsed() >= lease_for {
+                    tracing::warn!("no heartbeat reached the queue for a whole lease: giving the run up");
+                    lease_lost.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Retries a queue call while the database is unreachable, until the lease is given up.
+async fn persist<T, F, Fut>(lease_lost: &CancellationToken, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        // A call stuck on a dead connection gives way as soon as the lease is given up.
+        let result = tokio::select! {
+            r = call() => r,
+            _ = lease_lost.cancelled() => Err(Error::LeaseLost("lease given up".into())),
+        };
+        match result {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "queue unreachable; retrying");
+                tokio::select! {
+                    _ = lease_lost.cancelled() => return Err(Error::LeaseLost("lease given up while the queue was unreachable".into())),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(Error::LeaseLost(m)) => {
+                lease_lost.cancel();
+                return Err(Error::LeaseLost(m));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Cancels `to` when `from` is cancelled, until `done`.
+async fn link(from: CancellationToken, to: CancellationToken, done: CancellationToken) {
+    tokio::select! {
+        _ = from.cancelled() => to.cancel(),
+        _ = done.cancelled() => {}
+    }
+}
