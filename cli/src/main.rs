@@ -34,7 +34,8 @@ enum Command {
 /// switches to one JSON object per line.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNLANE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if std::env::var("RUNLANE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

@@ -112,8 +112,7 @@ impl HttpExecutor {
 fn prepare(spec: &HttpStep, params: &Value) -> Result<Prepared, String> {
     let method = reqwest::Method::from_bytes(spec.method.trim().to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("'{}' is not an HTTP method", spec.method))?;
-    let url_quoting = if is_whole_placeholder(&spec.url) { Quoting::Verbatim } else { Quoting::Url };
-    let url = substitute(&spec.url, params, url_quoting)?;
+    let url = substitute_url(&spec.url, params)?;
     reqwest::Url::parse(&url).map_err(|e| format!("invalid URL '{url}': {e}"))?;
     let headers = spec
         .headers
@@ -131,9 +130,17 @@ fn prepare(spec: &HttpStep, params: &Value) -> Result<Prepared, String> {
     Ok(Prepared { method, url, headers, body })
 }
 
-fn is_whole_placeholder(s: &str) -> bool {
-    let t = s.trim();
-    t.starts_with("${{") && t.ends_with("}}") && t.matches("${{").count() == 1
+/// A placeholder that opens the URL supplies its scheme and host (`${{ params.base }}/health`) and
+/// is taken as given; every other one is percent-encoded.
+fn substitute_url(url: &str, params: &Value) -> Result<String, String> {
+    let url = url.trim();
+    if url.starts_with("${{")
+        && let Some(end) = url.find("}}")
+    {
+        let (base, rest) = url.split_at(end + 2);
+        return Ok(substitute(base, params, Quoting::Verbatim)? + &substitute(rest, params, Quoting::Url)?);
+    }
+    substitute(url, params, Quoting::Url)
 }
 
 /// Substitutes params inside every string of a JSON body.
@@ -226,6 +233,8 @@ mod tests {
         assert_eq!(p.url, "http://h/search?q=a%20b");
         let p = prepare(&step(json!({"url": "${{ params.url }}"})), &params).expect("prepared");
         assert_eq!(p.url, "http://127.0.0.1:9/x?y=1");
+        let p = prepare(&step(json!({"url": "${{ params.url }}&q=${{ params.q }}"})), &params).expect("prepared");
+        assert_eq!(p.url, "http://127.0.0.1:9/x?y=1&q=a%20b");
     }
 
     #[test]
