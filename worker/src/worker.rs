@@ -79,6 +79,7 @@ impl<B: Broker> Worker<B> {
         let liveness = tokio::spawn(liveness_loop(self.shared.clone(), shutdown.stop_claiming.clone()));
         self.shared.metrics.ready.set(1);
         let poll = Duration::from_millis(self.shared.settings.poll_interval_ms);
+        let mut reloadable = true;
         loop {
             if self.slots.available_permits() > 0 {
                 match self.claim_once(&lanes, &shutdown).await {
@@ -90,14 +91,16 @@ impl<B: Broker> Worker<B> {
             tokio::select! {
                 biased;
                 _ = shutdown.stop_claiming.cancelled() => break,
-                changed = capacity.changed() => {
-                    if changed.is_ok() {
-                        let next = capacity.borrow().clone();
-                        self.resize(&next).await;
-                        if next.lanes != lanes {
-                            lanes = next.lanes;
-                            notices = self.subscribe(&lanes).await;
-                        }
+                changed = capacity.changed(), if reloadable => {
+                    if changed.is_err() {
+                        reloadable = false; // nobody can send a reload any more
+                        continue;
+                    }
+                    let next = capacity.borrow().clone();
+                    self.resize(&next).await;
+                    if next.lanes != lanes {
+                        lanes = next.lanes;
+                        notices = self.subscribe(&lanes).await;
                     }
                 }
                 notice = recv(&mut notices) => self.on_notice(notice),

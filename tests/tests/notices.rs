@@ -1,0 +1,26 @@
+//! The Broker's notice stream: lane wake-ups and cancel requests arrive at once.
+
+use runlane_core::broker::{Broker, Notice, PgBroker};
+use runlane_core::db;
+use runlane_core::model::*;
+use runlane_tests::TestDb;
+use std::time::Duration;
+
+#[tokio::test]
+async fn enqueue_and_cancel_reach_subscribers_at_once() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let broker = PgBroker::new(t.pool.clone());
+    let mut notices = broker.subscribe(&[Lane::B]).await.expect("subscribe");
+    let worker = t.register(&[Lane::B], 15_000).await;
+
+    t.enqueue("noop", Lane::A).await; // not subscribed: no notice
+    let run = t.enqueue("noop", Lane::B).await;
+    let first = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await.expect("in time");
+    assert_eq!(first, Some(Notice::LaneReady(Lane::B)));
+
+    db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim");
+    db::cancel_run(&t.pool, run, None).await.expect("cancel");
+    let next = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await.expect("in time");
+    assert_eq!(next, Some(Notice::Cancel(run)));
+}
