@@ -29,7 +29,7 @@ pub trait Broker: Send + Sync + 'static {
         &self,
         worker: WorkerId,
         state: WorkerState,
-        update: Option<&WorkerRegistration>,
+        update: &WorkerUpdate,
     ) -> impl Future<Output = Result<()>> + Send;
     fn claim_runs(
         &self,
@@ -60,6 +60,10 @@ pub trait Broker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RunStatus>> + Send;
     fn sweep(&self, opts: &SweepOptions) -> impl Future<Output = Result<SweepReport>> + Send;
     fn lane_stats(&self) -> impl Future<Output = Result<Vec<LaneStats>>> + Send;
+    /// The fleet (database) this broker serves; step containers are labelled with it.
+    fn fleet_id(&self) -> impl Future<Output = Result<uuid::Uuid>> + Send;
+    /// Of these runs, the ones running now, with their current attempt (orphan reaping).
+    fn running_attempts(&self, runs: &[RunId]) -> impl Future<Output = Result<Vec<(RunId, i32)>>> + Send;
     /// Notices for these lanes and for cancellations, until the receiver is dropped.
     fn subscribe(&self, lanes: &[Lane]) -> impl Future<Output = Result<mpsc::Receiver<Notice>>> + Send;
 }
@@ -86,12 +90,7 @@ impl Broker for PgBroker {
         db::register_worker(&self.pool, reg).await
     }
 
-    async fn worker_heartbeat(
-        &self,
-        worker: WorkerId,
-        state: WorkerState,
-        update: Option<&WorkerRegistration>,
-    ) -> Result<()> {
+    async fn worker_heartbeat(&self, worker: WorkerId, state: WorkerState, update: &WorkerUpdate) -> Result<()> {
         db::worker_heartbeat(&self.pool, worker, state, update).await
     }
 
@@ -148,6 +147,14 @@ impl Broker for PgBroker {
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
         db::lane_stats(&self.pool).await
+    }
+
+    async fn fleet_id(&self) -> Result<uuid::Uuid> {
+        db::fleet_id(&self.pool).await
+    }
+
+    async fn running_attempts(&self, runs: &[RunId]) -> Result<Vec<(RunId, i32)>> {
+        db::running_attempts(&self.pool, runs).await
     }
 
     async fn subscribe(&self, lanes: &[Lane]) -> Result<mpsc::Receiver<Notice>> {

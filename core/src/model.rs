@@ -297,6 +297,14 @@ pub struct WorkerRegistration {
     pub lease_ms: u32,
 }
 
+/// What changed about a worker since it registered (`None`: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerUpdate {
+    pub lanes: Option<Vec<Lane>>,
+    pub slots: Option<u32>,
+    pub capabilities: Option<Vec<String>>,
+}
+
 /// A request to run a template.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EnqueueRequest {

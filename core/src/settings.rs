@@ -14,6 +14,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub artifacts: ArtifactSettings,
     pub sweeper: SweeperSettings,
+    pub docker: DockerSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +115,33 @@ impl Default for ArtifactSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct DockerSettings {
+    /// Offer docker steps when an engine answers.
+    pub enabled: bool,
+    /// Engine socket (`unix:///var/run/docker.sock`); unset: `DOCKER_HOST` or the local default.
+    pub socket: Option<String>,
+    /// Host paths (and what is below them) a docker step may mount; nothing else.
+    pub allowed_mounts: Vec<PathBuf>,
+    /// Networks a docker step may join; without one a container has no network.
+    pub allowed_networks: Vec<String>,
+    /// How often containers of runs no longer running here are looked for and removed.
+    pub reap_interval_ms: u64,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        DockerSettings {
+            enabled: true,
+            socket: None,
+            allowed_mounts: Vec::new(),
+            allowed_networks: Vec::new(),
+            reap_interval_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SweeperSettings {
     pub enabled: bool,
     pub interval_ms: u64,
@@ -135,7 +163,7 @@ impl Default for SweeperSettings {
 }
 
 /// Keys whose flag or env value is a comma-separated list.
-const LIST_KEYS: [&str; 2] = ["worker.lanes", "worker.secret_env"];
+const LIST_KEYS: [&str; 4] = ["worker.lanes", "worker.secret_env", "docker.allowed_mounts", "docker.allowed_networks"];
 
 impl Settings {
     /// Layers the TOML file (if any), then `RUNLANE__SECTION__KEY` env vars, then `overrides`
@@ -155,7 +183,9 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key(LIST_KEYS[0])
-                .with_list_parse_key(LIST_KEYS[1]),
+                .with_list_parse_key(LIST_KEYS[1])
+                .with_list_parse_key(LIST_KEYS[2])
+                .with_list_parse_key(LIST_KEYS[3]),
         );
         for (key, value) in overrides {
             builder = if LIST_KEYS.contains(key) {

@@ -72,6 +72,11 @@ impl WorkerProc {
         }
     }
 
+    /// The worker's own directory (work dirs under `work/`, the artifact store under `artifacts/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

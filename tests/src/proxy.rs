@@ -18,7 +18,12 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        Proxy::start_on("127.0.0.1:0", upstream).await
+    }
+
+    /// Listens on `bind` (e.g. `0.0.0.0:0`, to be reachable from containers) and forwards to `upstream`.
+    pub async fn start_on(bind: &str, upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(bind).await.expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         let blackholed = Arc::new(AtomicBool::new(false));
         let flag = blackholed.clone();
@@ -60,5 +65,53 @@ async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// A Unix-socket proxy in front of the Docker engine's socket, which a test can cut: then new
+/// connections fail and open ones are dropped, as when the engine goes away.
+#[derive(Debug)]
+pub struct UnixProxy {
+    pub path: std::path::PathBuf,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl UnixProxy {
+    pub async fn start(upstream: &str) -> UnixProxy {
+        let path = std::env::temp_dir().join(format!("runlane-docker-{}.sock", uuid::Uuid::new_v4().simple()));
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind unix socket");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let upstream = upstream.to_string();
+        tokio::spawn(async move {
+            let mut stop = watch.clone();
+            loop {
+                let client = tokio::select! {
+                    _ = stop.changed() => return,
+                    accepted = listener.accept() => match accepted { Ok((c, _)) => c, Err(_) => return },
+                };
+                let (upstream, mut stop) = (upstream.clone(), watch.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::UnixStream::connect(&upstream).await else { return };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        UnixProxy { path, cut }
+    }
+
+    /// The engine "goes away": the socket file is removed and every open connection dropped.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for UnixProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }

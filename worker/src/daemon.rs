@@ -2,14 +2,15 @@
 //! loop, the sweeper and the health endpoint. The binary only adds flags and signals.
 
 use crate::artifacts::ArtifactStore;
+use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
 use crate::executors::shell::ShellExecutor;
 use crate::metrics::Metrics;
 use crate::run_task::{Executors, Shared};
 use crate::worker::{Capacity, Shutdown, Worker};
-use crate::{health, sweeper};
-use runlane_core::broker::PgBroker;
+use crate::{containers, health, sweeper};
+use runlane_core::broker::{Broker, PgBroker};
 use runlane_core::model::WorkerId;
 use runlane_core::settings::Settings;
 use sqlx::PgPool;
@@ -40,7 +41,9 @@ impl Daemon {
         runlane_core::db::check_schema(&pool).await.map_err(|e| e.to_string())?;
         let metrics = Arc::new(Metrics::default());
         let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
-        let executors = Executors { shell: ShellExecutor, http: HttpExecutor::new()?, noop: NoopExecutor };
+        let broker = Arc::new(PgBroker::new(pool.clone()));
+        let docker = connect_docker(&settings, &broker).await;
+        let executors = Executors { shell: ShellExecutor, http: HttpExecutor::new()?, noop: NoopExecutor, docker };
         std::fs::create_dir_all(&settings.worker.work_dir)
             .map_err(|e| format!("worker.work_dir {}: {e}", settings.worker.work_dir.display()))?;
         let secret_env_values = settings
@@ -51,7 +54,7 @@ impl Daemon {
             .filter(|v| !v.is_empty())
             .collect();
         let shared = Shared {
-            broker: Arc::new(PgBroker::new(pool.clone())),
+            broker,
             worker_id: WorkerId(uuid::Uuid::nil()),
             settings: settings.worker.clone(),
             metrics: metrics.clone(),
@@ -59,12 +62,20 @@ impl Daemon {
             executors,
             secret_env_values,
         };
-        let worker = Worker::register(shared, Vec::new()).await.map_err(|e| format!("registering the worker: {e}"))?;
+        let capabilities = crate::worker::current_capabilities(&shared).await;
+        let broker = shared.broker.clone();
+        let docker = shared.executors.docker.as_ref().map(|d| (d.docker().clone(), d.fleet().to_string()));
+        let worker =
+            Worker::register(shared, capabilities).await.map_err(|e| format!("registering the worker: {e}"))?;
         let worker_id = worker.id();
         let stopped = CancellationToken::new();
         let health_addr = health::serve(&settings.worker.listen, metrics.clone(), stopped.clone())
             .await
             .map_err(|e| format!("worker.listen {}: {e}", settings.worker.listen))?;
+        if let Some((docker, fleet)) = docker {
+            let every = std::time::Duration::from_millis(settings.docker.reap_interval_ms);
+            tokio::spawn(reap_loop(docker, broker, fleet, every, stopped.clone()));
+        }
         if settings.sweeper.enabled {
             tokio::spawn(sweeper::run(pool, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
         }
@@ -84,6 +95,47 @@ impl Daemon {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("the worker task failed: {e}")),
+        }
+    }
+}
+
+async fn connect_docker(settings: &Settings, broker: &PgBroker) -> Option<DockerExecutor> {
+    if !settings.docker.enabled {
+        return None;
+    }
+    let fleet = match broker.fleet_id().await {
+        Ok(id) => id.to_string(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no fleet id: docker steps are not offered by this worker");
+            return None;
+        }
+    };
+    match containers::connect(&settings.docker).await {
+        Ok(docker) => {
+            Some(DockerExecutor::new(docker, fleet, &settings.docker.allowed_mounts, &settings.docker.allowed_networks))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no Docker engine: docker steps are not offered by this worker");
+            None
+        }
+    }
+}
+
+/// Removes orphaned step containers at start and every `every`.
+async fn reap_loop(
+    docker: bollard::Docker,
+    broker: Arc<PgBroker>,
+    fleet: String,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Err(e) = containers::reap_orphans(&docker, &*broker, &fleet).await {
+            tracing::warn!(error = %e, "orphan reaping failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

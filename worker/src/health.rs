@@ -36,6 +36,7 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         "slots": m.slots_total.get(),
         "slots_in_use": m.slots_in_use.get(),
         "heartbeat_failures": m.heartbeat_failures.get(),
+        "docker": m.docker_available.get() == 1,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())

@@ -7,6 +7,7 @@
 //! - [`worker`]: the process: registration, the claim loop, signals, drain.
 //! - [`run_task`]: one run from claim to completion: steps in order, heartbeats, cancel, `always` steps.
 //! - [`executors`]: one file per step kind behind the `Executor` trait.
+//! - [`containers`]: the Docker engine: connection, orphan reaping, importing a local image.
 //! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
 //! - [`event_writer`]: the per-run batching writer in front of `append_events`.
 //! - [`artifacts`]: storing what steps produce: inline in PostgreSQL or in the object store.
@@ -15,6 +16,7 @@
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
 
 pub mod artifacts;
+pub mod containers;
 pub mod daemon;
 pub mod event_writer;
 pub mod executors;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub sweeper_leader: Gauge,
     /// 1 while the worker accepts claims (not draining, database reachable).
     pub ready: Gauge,
+    /// 1 while this worker's Docker engine answers (docker steps are claimed only then).
+    pub docker_available: Gauge,
 }
 
 fn lane_index(lane: &str) -> usize {
@@ -204,6 +206,13 @@ impl Metrics {
             self.sweeper_leader.get().to_string(),
         );
         single(&mut out, "runlane_ready", "1 while this worker accepts claims.", "gauge", self.ready.get().to_string());
+        single(
+            &mut out,
+            "runlane_docker_available",
+            "1 while this worker's Docker engine answers.",
+            "gauge",
+            self.docker_available.get().to_string(),
+        );
         out
     }
 }

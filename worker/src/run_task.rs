@@ -4,6 +4,7 @@
 
 use crate::artifacts::ArtifactStore;
 use crate::event_writer::{EventWriter, WriterOptions};
+use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
 use crate::executors::shell::ShellExecutor;
@@ -29,6 +30,8 @@ pub struct Executors {
     pub shell: ShellExecutor,
     pub http: HttpExecutor,
     pub noop: NoopExecutor,
+    /// None: Docker disabled or no engine at start.
+    pub docker: Option<DockerExecutor>,
 }
 
 /// What every run task of a worker shares.
@@ -293,7 +296,10 @@ async fn dispatch<B: Broker>(shared: Arc<Shared<B>>, action: StepAction, ctx: St
             StepAction::Shell(s) => ex.shell.run(s, &ctx).await,
             StepAction::Http(h) => ex.http.run(h, &ctx).await,
             StepAction::Noop(n) => ex.noop.run(n, &ctx).await,
-            StepAction::Docker(_) => StepOutcome::failed(None, "this worker has no Docker engine for docker steps"),
+            StepAction::Docker(d) => match &ex.docker {
+                Some(docker) => docker.run(d, &ctx).await,
+                None => StepOutcome::failed(None, "this worker has no Docker engine for docker steps"),
+            },
         }
     });
     match task.await {

@@ -76,7 +76,8 @@ impl<B: Broker> Worker<B> {
     pub async fn run(self, shutdown: Shutdown, mut capacity: watch::Receiver<Capacity>) -> Result<()> {
         let mut lanes = capacity.borrow().lanes.clone();
         let mut notices = self.subscribe(&lanes).await;
-        let liveness = tokio::spawn(liveness_loop(self.shared.clone(), shutdown.stop_claiming.clone()));
+        let liveness =
+            tokio::spawn(liveness_loop(self.shared.clone(), shutdown.stop_claiming.clone(), self.capabilities.clone()));
         self.shared.metrics.ready.set(1);
         let poll = Duration::from_millis(self.shared.settings.poll_interval_ms);
         let mut reloadable = true;
@@ -110,7 +111,7 @@ impl<B: Broker> Worker<B> {
         }
         self.shared.metrics.ready.set(0);
         tracing::info!(in_flight = self.tracker.len(), "draining: no new claims; running runs may finish");
-        let _ = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Draining, None).await;
+        let _ = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Draining, &WorkerUpdate::default()).await;
         self.tracker.close();
         // Cancel notices keep flowing while runs finish.
         loop {
@@ -120,7 +121,7 @@ impl<B: Broker> Worker<B> {
             }
         }
         liveness.abort();
-        let _ = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Gone, None).await;
+        let _ = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Gone, &WorkerUpdate::default()).await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -195,15 +196,8 @@ impl<B: Broker> Worker<B> {
             }
         }
         self.shared.metrics.slots_total.set(i64::from(next.slots));
-        let reg = WorkerRegistration {
-            host: String::new(),
-            lanes: next.lanes.clone(),
-            slots: next.slots,
-            version: String::new(),
-            capabilities: self.capabilities.clone(),
-            lease_ms: 0,
-        };
-        if let Err(e) = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Active, Some(&reg)).await {
+        let update = WorkerUpdate { lanes: Some(next.lanes.clone()), slots: Some(next.slots), capabilities: None };
+        if let Err(e) = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Active, &update).await {
             tracing::warn!(error = %e, "could not record the new lanes and slots");
         }
         tracing::info!(lanes = ?next.lanes, slots = next.slots, "reloaded");
@@ -217,13 +211,21 @@ async fn recv(notices: &mut Option<mpsc::Receiver<Notice>>) -> Option<Notice> {
     }
 }
 
-/// Keeps the `workers` row fresh and pings the systemd watchdog while the queue answers.
-async fn liveness_loop<B: Broker>(shared: Arc<Shared<B>>, stop: CancellationToken) {
+/// Keeps the `workers` row fresh, pings the systemd watchdog while the queue answers, refreshes
+/// the fleet-wide lane gauges, and re-announces the worker's capabilities when its Docker engine
+/// comes or goes (runs needing Docker are then claimed only by workers whose engine answers).
+async fn liveness_loop<B: Broker>(shared: Arc<Shared<B>>, stop: CancellationToken, mut capabilities: Vec<String>) {
     let every = Duration::from_millis(shared.settings.heartbeat_interval_ms);
     loop {
         let state = if stop.is_cancelled() { WorkerState::Draining } else { WorkerState::Active };
-        match shared.broker.worker_heartbeat(shared.worker_id, state, None).await {
+        let now = current_capabilities(&shared).await;
+        let update = WorkerUpdate { capabilities: (now != capabilities).then(|| now.clone()), ..Default::default() };
+        match shared.broker.worker_heartbeat(shared.worker_id, state, &update).await {
             Ok(()) => {
+                if update.capabilities.is_some() {
+                    tracing::warn!(capabilities = ?now, "capabilities changed");
+                    capabilities = now;
+                }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
             Err(e) => {
@@ -243,4 +245,14 @@ async fn liveness_loop<B: Broker>(shared: Arc<Shared<B>>, stop: CancellationToke
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `docker` while this worker has a Docker engine that answers.
+pub async fn current_capabilities<B>(shared: &Shared<B>) -> Vec<String> {
+    let up = match &shared.executors.docker {
+        Some(d) => crate::containers::answers(d.docker()).await,
+        None => false,
+    };
+    shared.metrics.docker_available.set(i64::from(up));
+    if up { vec!["docker".to_string()] } else { Vec::new() }
 }

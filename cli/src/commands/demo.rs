@@ -62,6 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_capacity_tx, capacity) = watch::channel(Capacity { lanes: Lane::ALL.to_vec(), slots: 4 });
     let daemon = Daemon::start(settings, pool.clone(), shutdown.clone(), capacity).await.map_err(anyhow::Error::msg)?;
 
+    let docker = daemon.metrics.docker_available.get() == 1 && prepare_docker_image().await;
     let session = db::create_session(&pool, "demo").await?;
     let health = format!("http://{}/healthz", daemon.health_addr);
     let samples = [
@@ -69,10 +70,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("health-probe", Lane::B, json!({"url": health})),
         ("db-backup", Lane::C, json!({"database": "orders", "password": "s3cr3t-demo-password"})),
         ("noop", Lane::D, json!({})),
+        ("docker-smoke", Lane::D, json!({"greeting": "hello"})),
     ];
     let mut runs: Vec<(RunId, String)> = Vec::new();
     for (template, lane, params) in samples {
-        if !templates.iter().any(|t| t.name == template) {
+        if !templates.iter().any(|t| t.name == template) || (template == "docker-smoke" && !docker) {
             continue;
         }
         let run = enqueue(&pool, template, lane, params, session).await?;
@@ -129,4 +131,29 @@ async fn tail_all(pool: &sqlx::PgPool, runs: &[(RunId, String)]) -> anyhow::Resu
         statuses.push(t.await??);
     }
     Ok(statuses)
+}
+
+/// The image the docker sample uses, imported from a static busybox (no registry needed).
+const DEMO_IMAGE: &str = "runlane-busybox:latest";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Imports the demo image when missing; false (with a note) when it cannot be had here.
+async fn prepare_docker_image() -> bool {
+    let docker = match runlane_worker::containers::connect(&Default::default()).await {
+        Ok(d) => d,
+        Err(_) => return false,
+    };
+    if docker.inspect_image(DEMO_IMAGE).await.is_ok() {
+        return true;
+    }
+    match runlane_worker::containers::import_busybox_image(&docker, DEMO_IMAGE, std::path::Path::new(BUSYBOX)).await {
+        Ok(()) => {
+            println!("imported {DEMO_IMAGE} from {BUSYBOX}");
+            true
+        }
+        Err(e) => {
+            println!("skipping the docker sample: {e} (install a static busybox, e.g. Debian's busybox-static)");
+            false
+        }
+    }
 }

@@ -43,20 +43,20 @@ pub async fn register_worker(ex: impl PgExecutor<'_>, reg: &WorkerRegistration) 
         .await?)
 }
 
-/// Liveness plus, when given, the worker's lanes, slots and capabilities as they are now.
+/// Liveness, plus whatever changed about the worker.
 pub async fn worker_heartbeat(
     ex: impl PgExecutor<'_>,
     worker: WorkerId,
     state: WorkerState,
-    update: Option<&WorkerRegistration>,
+    update: &WorkerUpdate,
 ) -> Result<()> {
-    let lanes: Option<Vec<&str>> = update.map(|r| r.lanes.iter().map(|l| l.as_str()).collect());
+    let lanes: Option<Vec<&str>> = update.lanes.as_ref().map(|l| l.iter().map(|l| l.as_str()).collect());
     sqlx::query("SELECT runlane.worker_heartbeat($1, $2, $3, $4, $5)")
         .bind(worker)
         .bind(state.as_str())
         .bind(lanes)
-        .bind(update.map(|r| i32::try_from(r.slots).unwrap_or(i32::MAX)))
-        .bind(update.map(|r| r.capabilities.clone()))
+        .bind(update.slots.map(|s| i32::try_from(s).unwrap_or(i32::MAX)))
+        .bind(&update.capabilities)
         .execute(ex)
         .await?;
     Ok(())
@@ -206,4 +206,14 @@ pub async fn sweep(ex: impl PgExecutor<'_>, opts: &SweepOptions) -> Result<Sweep
             .fetch_one(ex)
             .await?;
     Ok(report.0)
+}
+
+/// Of these runs, the ones running now, with their current attempt.
+pub async fn running_attempts(ex: impl PgExecutor<'_>, runs: &[RunId]) -> Result<Vec<(RunId, i32)>> {
+    Ok(sqlx::query_as("SELECT run_id, attempt FROM runlane.running_attempts($1)").bind(runs).fetch_all(ex).await?)
+}
+
+/// The fleet this database is: labels on step containers carry it.
+pub async fn fleet_id(ex: impl PgExecutor<'_>) -> Result<uuid::Uuid> {
+    Ok(sqlx::query_scalar("SELECT runlane.fleet_id()").fetch_one(ex).await?)
 }

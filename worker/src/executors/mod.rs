@@ -2,6 +2,7 @@
 //! and reports how it ended; it never talks to the queue itself (its output goes through the
 //! [`OutputSink`], its files come back as [`ProducedArtifact`]s).
 
+pub mod docker;
 pub mod http;
 pub mod noop;
 pub mod shell;
