@@ -18,6 +18,10 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run the worker daemon
     Worker(commands::worker::Args),
+    /// Run the executor API server
+    Api(commands::api::Args),
+    /// Create or revoke API tokens
+    Token(commands::token::Args),
     /// Enqueue a run of a template; prints its id
     Enqueue(commands::enqueue::Args),
     /// Follow a run's events live; exits 0 succeeded, 1 failed, 2 cancelled
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Worker(args) => commands::worker::run(args).await,
+            Command::Api(args) => commands::api::run(args).await,
+            Command::Token(args) => commands::token::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(args).await,
             Command::Tail(args) => commands::tail::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,

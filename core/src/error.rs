@@ -16,9 +16,10 @@ pub enum Error {
     /// The request does not fit the run's state (retrying a running run). SQLSTATE `RL409`.
     #[error("{0}")]
     Conflict(String),
-    /// PostgreSQL could not be reached or went away mid-call. Retry after a pause.
-    #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    /// The queue (PostgreSQL, or the executor API) could not be reached or went away mid-call.
+    /// Retry after a pause.
+    #[error("queue unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database's schema does not match this binary.
     #[error("{0}")]
     Schema(String),
@@ -55,7 +56,7 @@ impl From<sqlx::Error> for Error {
                     Error::Invalid { message, problems }
                 }
                 // connection_exception, admin/crash shutdown, cannot_connect_now, too many connections
-                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => Error::Unavailable(err),
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => Error::Unavailable(Box::new(err)),
                 _ => Error::Database(err),
             };
         }
@@ -65,7 +66,7 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(err),
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(Box::new(err)),
             other => Error::Database(other),
         }
     }

@@ -3,6 +3,7 @@
 //! The shared ground of every runlane process.
 //!
 //! # Layout
+//! - [`artifacts`]: where artifacts go: inline in PostgreSQL, or the object store by size.
 //! - [`model`]: ids, lanes, statuses and the records that cross the queue seam.
 //! - [`error`]: the one error type of the queue layer; its variants decide what happens next.
 //! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
@@ -13,6 +14,7 @@
 //! - [`templates`]: template files (YAML) parsed and checked before they are applied.
 //! - [`local_pg`]: a throwaway PostgreSQL cluster from the `initdb`/`pg_ctl` on PATH (demo and tests).
 
+pub mod artifacts;
 pub mod broker;
 pub mod db;
 pub mod error;

@@ -15,6 +15,7 @@ pub struct Settings {
     pub artifacts: ArtifactSettings,
     pub sweeper: SweeperSettings,
     pub docker: DockerSettings,
+    pub api: ApiSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +116,41 @@ impl Default for ArtifactSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub listen: String,
+    /// Key for signing artifact download URLs. Unset: a random key per process (URLs then stop
+    /// working when the API restarts, and several API replicas must share a key).
+    pub signing_key: Option<SecretString>,
+    /// How long a signed artifact URL stays valid.
+    pub url_ttl_s: u64,
+    /// Requests per second per token (or per address without one), and the burst above it.
+    pub rate_per_s: u32,
+    pub rate_burst: u32,
+    /// Largest JSON request body; artifact uploads may be up to 512 MiB.
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS (empty: no cross-origin access).
+    pub cors_origins: Vec<String>,
+    /// A comment line on an idle SSE stream this often, so proxies keep it open.
+    pub sse_keepalive_ms: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: "127.0.0.1:8080".into(),
+            signing_key: None,
+            url_ttl_s: 900,
+            rate_per_s: 100,
+            rate_burst: 400,
+            max_body_bytes: 8 << 20,
+            cors_origins: Vec::new(),
+            sse_keepalive_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DockerSettings {
     /// Offer docker steps when an engine answers.
     pub enabled: bool,
@@ -163,7 +199,8 @@ impl Default for SweeperSettings {
 }
 
 /// Keys whose flag or env value is a comma-separated list.
-const LIST_KEYS: [&str; 4] = ["worker.lanes", "worker.secret_env", "docker.allowed_mounts", "docker.allowed_networks"];
+const LIST_KEYS: [&str; 5] =
+    ["worker.lanes", "worker.secret_env", "docker.allowed_mounts", "docker.allowed_networks", "api.cors_origins"];
 
 impl Settings {
     /// Layers the TOML file (if any), then `RUNLANE__SECTION__KEY` env vars, then `overrides`
@@ -185,7 +222,8 @@ impl Settings {
                 .with_list_parse_key(LIST_KEYS[0])
                 .with_list_parse_key(LIST_KEYS[1])
                 .with_list_parse_key(LIST_KEYS[2])
-                .with_list_parse_key(LIST_KEYS[3]),
+                .with_list_parse_key(LIST_KEYS[3])
+                .with_list_parse_key(LIST_KEYS[4]),
         );
         for (key, value) in overrides {
             builder = if LIST_KEYS.contains(key) {

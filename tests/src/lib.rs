@@ -5,11 +5,13 @@
 //! # Layout
 //! - this file: [`TestDb`], a fresh migrated database per test: its own throwaway cluster (from
 //!   `initdb`/`pg_ctl` on PATH), or, when `DATABASE_URL` is set, a new database on that server.
+//! - [`api`]: the executor API served in-process, and tokens for it.
 //! - [`docker`]: the Docker engine for docker-step tests (a locally imported busybox image).
 //! - [`process`]: real `runlane worker` processes for fleet and fault tests (used from cli/tests/).
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and PostgreSQL.
 //! - `tests/`: one file per area (queue contract, executors …).
 
+pub mod api;
 pub mod docker;
 pub mod process;
 pub mod proxy;

@@ -1,7 +1,6 @@
 //! Wires a worker process over PostgreSQL: pool, executors, artifact store, registration, the claim
 //! loop, the sweeper and the health endpoint. The binary only adds flags and signals.
 
-use crate::artifacts::ArtifactStore;
 use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
@@ -10,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::run_task::{Executors, Shared};
 use crate::worker::{Capacity, Shutdown, Worker};
 use crate::{containers, health, sweeper};
+use runlane_core::artifacts::ArtifactStore;
 use runlane_core::broker::{Broker, PgBroker};
 use runlane_core::model::WorkerId;
 use runlane_core::settings::Settings;
@@ -31,7 +31,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Registers and starts everything; returns once the worker is claiming.
+    /// A worker on PostgreSQL directly: registers and starts everything (the sweeper too);
+    /// returns once the worker is claiming.
     pub async fn start(
         settings: Settings,
         pool: PgPool,
@@ -39,10 +40,22 @@ impl Daemon {
         capacity: watch::Receiver<Capacity>,
     ) -> Result<Daemon, String> {
         runlane_core::db::check_schema(&pool).await.map_err(|e| e.to_string())?;
+        let broker = Arc::new(PgBroker::new(pool.clone()));
+        Daemon::start_with(settings, broker, Some(pool), shutdown, capacity).await
+    }
+
+    /// A worker on any broker (the executor API, for one without database credentials). The
+    /// sweeper runs only with a pool.
+    pub async fn start_with<B: Broker>(
+        settings: Settings,
+        broker: Arc<B>,
+        sweeper_pool: Option<PgPool>,
+        shutdown: Shutdown,
+        capacity: watch::Receiver<Capacity>,
+    ) -> Result<Daemon, String> {
         let metrics = Arc::new(Metrics::default());
         let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
-        let broker = Arc::new(PgBroker::new(pool.clone()));
-        let docker = connect_docker(&settings, &broker).await;
+        let docker = connect_docker(&settings, &*broker).await;
         let executors = Executors { shell: ShellExecutor, http: HttpExecutor::new()?, noop: NoopExecutor, docker };
         std::fs::create_dir_all(&settings.worker.work_dir)
             .map_err(|e| format!("worker.work_dir {}: {e}", settings.worker.work_dir.display()))?;
@@ -76,7 +89,7 @@ impl Daemon {
             let every = std::time::Duration::from_millis(settings.docker.reap_interval_ms);
             tokio::spawn(reap_loop(docker, broker, fleet, every, stopped.clone()));
         }
-        if settings.sweeper.enabled {
+        if let Some(pool) = sweeper_pool.filter(|_| settings.sweeper.enabled) {
             tokio::spawn(sweeper::run(pool, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
         }
         let task = tokio::spawn(async move {
@@ -99,7 +112,7 @@ impl Daemon {
     }
 }
 
-async fn connect_docker(settings: &Settings, broker: &PgBroker) -> Option<DockerExecutor> {
+async fn connect_docker<B: Broker>(settings: &Settings, broker: &B) -> Option<DockerExecutor> {
     if !settings.docker.enabled {
         return None;
     }
@@ -122,9 +135,9 @@ async fn connect_docker(settings: &Settings, broker: &PgBroker) -> Option<Docker
 }
 
 /// Removes orphaned step containers at start and every `every`.
-async fn reap_loop(
+async fn reap_loop<B: Broker>(
     docker: bollard::Docker,
-    broker: Arc<PgBroker>,
+    broker: Arc<B>,
     fleet: String,
     every: std::time::Duration,
     stop: CancellationToken,

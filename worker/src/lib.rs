@@ -10,17 +10,17 @@
 //! - [`containers`]: the Docker engine: connection, orphan reaping, importing a local image.
 //! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
 //! - [`event_writer`]: the per-run batching writer in front of `append_events`.
-//! - [`artifacts`]: storing what steps produce: inline in PostgreSQL or in the object store.
+//! - [`http_broker`]: the `Broker` over the executor API, for workers without database credentials.
 //! - [`sweeper`]: the leader-only maintenance loop.
 //! - [`process_group`]: which processes of a step's group are still alive (/proc).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
 
-pub mod artifacts;
 pub mod containers;
 pub mod daemon;
 pub mod event_writer;
 pub mod executors;
 pub mod health;
+pub mod http_broker;
 pub mod metrics;
 pub mod output;
 pub mod process_group;

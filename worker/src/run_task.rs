@@ -2,15 +2,15 @@
 //! learns of cancellation), `always` steps after a failure or cancel, and the final `complete_run`.
 //! Nothing is held open in the database while a step runs: every write carries the lease.
 
-use crate::artifacts::ArtifactStore;
 use crate::event_writer::{EventWriter, WriterOptions};
 use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
 use crate::executors::shell::ShellExecutor;
-use crate::executors::{Executor, StepContext, StepOutcome};
+use crate::executors::{ArtifactData, Executor, ProducedArtifact, StepContext, StepOutcome};
 use crate::metrics::Metrics;
 use crate::output::{Masker, RunOutput};
+use runlane_core::artifacts::{ArtifactBytes, ArtifactError, ArtifactStore, MAX_ARTIFACT_BYTES};
 use runlane_core::broker::Broker;
 use runlane_core::model::*;
 use runlane_core::settings::WorkerSettings;
@@ -226,9 +226,7 @@ impl<B: Broker> StepRunner<'_, B> {
                 let outcome = dispatch(self.shared.clone(), spec.action.clone(), ctx.clone()).await;
                 let _ = ctx.output.finish().await;
                 for artifact in &outcome.artifacts {
-                    if let Err(e) =
-                        self.shared.artifacts.save(&**broker, lease, self.run.attempt, index, artifact).await
-                    {
+                    if let Err(e) = self.save_artifact(index, artifact).await {
                         if e.is_lease_lost() {
                             return Err(Error::LeaseLost(e.to_string()));
                         }
@@ -244,6 +242,32 @@ impl<B: Broker> StepRunner<'_, B> {
         persist(lease_lost, || broker.finish_step(lease, index, outcome.status, outcome.exit_code, error.as_deref()))
             .await?;
         Ok(outcome)
+    }
+
+    async fn save_artifact(&self, index: i32, artifact: &ProducedArtifact) -> Result<ArtifactId, ArtifactError> {
+        let bytes = match &artifact.data {
+            ArtifactData::Bytes(b) => b.clone(),
+            ArtifactData::File(path) => {
+                let size = tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
+                if size > MAX_ARTIFACT_BYTES {
+                    return Err(ArtifactError::TooLarge { name: artifact.name.clone(), size });
+                }
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|e| ArtifactError::Read { name: artifact.name.clone(), source: e })?
+            }
+        };
+        let broker = &*self.shared.broker;
+        let (lease, attempt) = (self.run.lease(), self.run.attempt);
+        self.shared
+            .artifacts
+            .save(
+                broker,
+                lease,
+                attempt,
+                ArtifactBytes { step: Some(index), name: &artifact.name, content_type: &artifact.content_type, bytes },
+            )
+            .await
     }
 
     async fn context(

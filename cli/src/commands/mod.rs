@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod api;
 pub mod bench;
 pub mod common;
 pub mod demo;
@@ -7,4 +8,5 @@ pub mod enqueue;
 pub mod migrate;
 pub mod sweep;
 pub mod tail;
+pub mod token;
 pub mod worker;

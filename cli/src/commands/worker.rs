@@ -2,9 +2,12 @@
 //! reloads lanes and slots from the config file and environment.
 
 use super::common::{ConfigArgs, connect};
+use anyhow::Context;
 use runlane_worker::daemon::Daemon;
+use runlane_worker::http_broker::HttpBroker;
 use runlane_worker::worker::{Capacity, Shutdown};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -28,6 +31,13 @@ pub struct Args {
     /// Serve only this session's runs
     #[arg(long)]
     session: Option<String>,
+    /// Reach the queue through the executor API at this URL instead of PostgreSQL (no database
+    /// credentials needed; the API sweeps)
+    #[arg(long, env = "RUNLANE_BROKER")]
+    broker: Option<String>,
+    /// The worker token for --broker
+    #[arg(long, env = "RUNLANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl Args {
@@ -54,12 +64,22 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.config.load(args.overrides())?;
-    let pool = connect(&settings, "runlane-worker").await?;
     let shutdown = Shutdown::default();
     let capacity = Capacity { lanes: settings.worker.lanes.clone(), slots: settings.worker.slots };
     let (capacity_tx, capacity_rx) = watch::channel(capacity);
     let grace = Duration::from_millis(settings.worker.shutdown_grace_ms);
-    let daemon = Daemon::start(settings, pool, shutdown.clone(), capacity_rx).await.map_err(anyhow::Error::msg)?;
+    let daemon = match &args.broker {
+        Some(url) => {
+            let token = args.token.as_deref().context("--broker needs a worker token: --token or RUNLANE_TOKEN")?;
+            let broker = Arc::new(HttpBroker::new(url, token).map_err(anyhow::Error::msg)?);
+            Daemon::start_with(settings, broker, None, shutdown.clone(), capacity_rx).await
+        }
+        None => {
+            let pool = connect(&settings, "runlane-worker").await?;
+            Daemon::start(settings, pool, shutdown.clone(), capacity_rx).await
+        }
+    }
+    .map_err(anyhow::Error::msg)?;
     tokio::spawn(handle_signals(shutdown, grace, args, capacity_tx));
     daemon.wait().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)

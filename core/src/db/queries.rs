@@ -217,3 +217,28 @@ pub async fn running_attempts(ex: impl PgExecutor<'_>, runs: &[RunId]) -> Result
 pub async fn fleet_id(ex: impl PgExecutor<'_>) -> Result<uuid::Uuid> {
     Ok(sqlx::query_scalar("SELECT runlane.fleet_id()").fetch_one(ex).await?)
 }
+
+/// Stores a token's hash (the database owner's call). Returns the token's id.
+pub async fn create_token(
+    ex: impl PgExecutor<'_>,
+    name: &str,
+    role: &str,
+    lanes: Option<&[Lane]>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    sha256: &[u8],
+) -> Result<uuid::Uuid> {
+    let lanes: Option<Vec<&str>> = lanes.map(|l| l.iter().map(|l| l.as_str()).collect());
+    Ok(sqlx::query_scalar("SELECT runlane.create_token($1, $2, $3, $4, $5)")
+        .bind(name)
+        .bind(role)
+        .bind(lanes)
+        .bind(expires_at)
+        .bind(sha256)
+        .fetch_one(ex)
+        .await?)
+}
+
+pub async fn revoke_token(ex: impl PgExecutor<'_>, id: uuid::Uuid) -> Result<()> {
+    sqlx::query("SELECT runlane.revoke_token($1)").bind(id).execute(ex).await?;
+    Ok(())
+}

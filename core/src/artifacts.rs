@@ -2,18 +2,17 @@
 //! object store (a local directory by default; S3 or DigitalOcean Spaces by config), and the
 //! database keeps their key. Either way the record has the size, sha256 and content type.
 
-use crate::executors::{ArtifactData, ProducedArtifact};
+use crate::broker::Broker;
+use crate::db::NewArtifact;
+use crate::model::{ArtifactId, Lease};
+use crate::settings::ArtifactSettings;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use runlane_core::broker::Broker;
-use runlane_core::db::NewArtifact;
-use runlane_core::model::{ArtifactId, Lease};
-use runlane_core::settings::ArtifactSettings;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// The largest artifact accepted (it is held in memory while stored).
-const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
+pub const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -24,13 +23,22 @@ pub enum ArtifactError {
     #[error("artifact '{name}': object store: {source}")]
     Store { name: String, source: object_store::Error },
     #[error("artifact '{name}': {source}")]
-    Queue { name: String, source: runlane_core::Error },
+    Queue { name: String, source: crate::Error },
 }
 
 impl ArtifactError {
     pub fn is_lease_lost(&self) -> bool {
-        matches!(self, ArtifactError::Queue { source: runlane_core::Error::LeaseLost(_), .. })
+        matches!(self, ArtifactError::Queue { source: crate::Error::LeaseLost(_), .. })
     }
+}
+
+/// One artifact's bytes and what to record about them.
+#[derive(Debug, Clone)]
+pub struct ArtifactBytes<'a> {
+    pub step: Option<i32>,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub bytes: Vec<u8>,
 }
 
 /// Where artifacts go.
@@ -75,48 +83,46 @@ impl ArtifactStore {
         &self.store
     }
 
-    /// Stores one artifact and records it for the lease holder's run.
+    /// Stores one artifact's bytes (inline or in the store, by size) and records it for the lease
+    /// holder's run.
     pub async fn save<B: Broker>(
         &self,
         broker: &B,
         lease: Lease,
         attempt: i32,
-        step: i32,
-        artifact: &ProducedArtifact,
+        artifact: ArtifactBytes<'_>,
     ) -> Result<ArtifactId, ArtifactError> {
-        let name = artifact.name.clone();
-        let bytes = match &artifact.data {
-            ArtifactData::Bytes(b) => b.clone(),
-            ArtifactData::File(path) => {
-                let size = tokio::fs::metadata(path)
-                    .await
-                    .map_err(|e| ArtifactError::Read { name: name.clone(), source: e })?
-                    .len();
-                if size > MAX_ARTIFACT_BYTES {
-                    return Err(ArtifactError::TooLarge { name, size });
-                }
-                tokio::fs::read(path).await.map_err(|e| ArtifactError::Read { name: name.clone(), source: e })?
-            }
-        };
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let ArtifactBytes { step, name, content_type, bytes } = artifact;
         let size = bytes.len() as u64;
-        let key = (size > self.inline_max_bytes).then(|| self.key_for(lease, attempt, &name));
+        if size > MAX_ARTIFACT_BYTES {
+            return Err(ArtifactError::TooLarge { name: name.to_string(), size });
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let key = (size > self.inline_max_bytes).then(|| self.key_for(lease, attempt, name));
         if let Some(key) = &key {
             self.store
                 .put(&StorePath::from(key.as_str()), PutPayload::from(bytes.clone()))
                 .await
-                .map_err(|e| ArtifactError::Store { name: name.clone(), source: e })?;
+                .map_err(|e| ArtifactError::Store { name: name.to_string(), source: e })?;
         }
         let record = NewArtifact {
-            step: Some(step),
-            name: &name,
-            content_type: &artifact.content_type,
+            step,
+            name,
+            content_type,
             size_bytes: size as i64,
             sha256: &sha256,
             inline_data: key.is_none().then_some(bytes.as_slice()),
             store_key: key.as_deref(),
         };
-        broker.put_artifact(lease, &record).await.map_err(|e| ArtifactError::Queue { name, source: e })
+        broker
+            .put_artifact(lease, &record)
+            .await
+            .map_err(|e| ArtifactError::Queue { name: name.to_string(), source: e })
+    }
+
+    /// The bytes of a stored (large) artifact.
+    pub async fn fetch(&self, key: &str) -> Result<Vec<u8>, object_store::Error> {
+        Ok(self.store.get(&StorePath::from(key)).await?.bytes().await?.to_vec())
     }
 
     fn key_for(&self, lease: Lease, attempt: i32, name: &str) -> String {

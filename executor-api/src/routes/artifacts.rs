@@ -1,0 +1,77 @@
+//! Artifacts: a run's list with signed, expiring download URLs, and the download itself (which
+//! needs the signature, not a bearer token, so a URL can be handed to a browser or curl).
+
+use crate::auth::Reader;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use runlane_core::db;
+use runlane_core::model::{ArtifactId, RunId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub async fn list(
+    State(st): State<AppState>,
+    _reader: Reader,
+    Path(run): Path<RunId>,
+) -> Result<Json<Value>, ApiError> {
+    db::get_run(&st.pool, run).await?;
+    let expires = chrono::Utc::now().timestamp() + st.settings.url_ttl_s as i64;
+    let items: Vec<Value> = db::list_artifacts(&st.pool, run)
+        .await?
+        .into_iter()
+        .map(|a| {
+            let signature = st.signer.sign(a.id.0, expires);
+            json!({
+                "id": a.id, "attempt": a.attempt, "step": a.step, "name": a.name, "content_type": a.content_type,
+                "size_bytes": a.size_bytes, "sha256": a.sha256, "created_at": a.created_at,
+                "url": format!("/v1/artifacts/{}?expires={expires}&signature={signature}", a.id),
+                "expires_at": expires,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"artifacts": items})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    expires: i64,
+    signature: String,
+}
+
+pub async fn download(
+    State(st): State<AppState>,
+    Path(id): Path<ArtifactId>,
+    Query(q): Query<Signed>,
+) -> Result<Response, ApiError> {
+    let now = chrono::Utc::now().timestamp();
+    if !st.signer.verify(id.0, q.expires, &q.signature, now) {
+        return Err(ApiError::forbidden("the link is invalid or has expired"));
+    }
+    let a = db::get_artifact(&st.pool, id).await?;
+    let bytes = match (a.inline_data, a.store_key) {
+        (Some(b), _) => b,
+        (None, Some(key)) => st.artifacts.fetch(&key).await.map_err(|e| {
+            tracing::error!(artifact = %id, error = %e, "artifact missing from the object store");
+            ApiError::not_found("the artifact's bytes are missing from the store")
+        })?,
+        (None, None) => return Err(ApiError::not_found("the artifact has no bytes")),
+    };
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&a.content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    let file = a.name.rsplit('/').next().unwrap_or("artifact").replace(['"', '\\'], "_");
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&a.sha256) {
+        headers.insert("x-sha256", v);
+    }
+    Ok(response)
+}

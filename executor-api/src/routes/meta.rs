@@ -1,0 +1,73 @@
+//! Lanes, workers and templates; health, readiness, metrics.
+
+use crate::auth::{Caller, Operator, Reader};
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use runlane_core::db;
+use serde_json::{Value, json};
+
+pub async fn lanes(State(st): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"lanes": db::lane_stats(&st.pool).await?})))
+}
+
+pub async fn workers(State(st): State<AppState>, _reader: Reader) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"workers": db::list_workers(&st.pool).await?})))
+}
+
+pub async fn templates(State(st): State<AppState>, _reader: Reader) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"templates": db::list_templates(&st.pool).await?})))
+}
+
+/// The body is a template spec as JSON (what a templates/*.yaml file holds, without `name`).
+pub async fn apply_template(
+    State(st): State<AppState>,
+    _operator: Operator,
+    Path(name): Path<String>,
+    ApiJson(spec): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let mut file = spec.as_object().cloned().ok_or_else(|| ApiError::invalid("a template spec is a JSON object"))?;
+    file.insert("name".into(), json!(name));
+    let yaml = serde_json::to_string(&file).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let template = runlane_core::templates::parse_template(&yaml, std::path::Path::new("request body"))
+        .map_err(ApiError::invalid)?;
+    let version = db::apply_template(&st.pool, &template.name, &template.spec).await?;
+    Ok(Json(json!({"name": template.name, "version": version})))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the database answers and its schema is this binary's.
+pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    match db::check_schema(&st.pool).await {
+        Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": e.to_string()}))),
+    }
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let stats = db::lane_stats(&st.pool).await?;
+    for (name, help) in [
+        ("runlane_queue_depth", "Runnable queued runs."),
+        ("runlane_running", "Running runs."),
+        ("runlane_oldest_queued_seconds", "Age of the oldest runnable run."),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &stats {
+            let v = match name {
+                "runlane_queue_depth" => s.queued as f64,
+                "runlane_running" => s.running as f64,
+                _ => s.oldest_queued_s,
+            };
+            let _ = writeln!(out, "{name}{{lane=\"{}\"}} {v}", s.lane);
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

@@ -1,0 +1,52 @@
+//! The executor API served in-process on a free loopback port, over a test's database.
+
+use runlane_core::db;
+use runlane_core::model::Lane;
+use runlane_core::settings::Settings;
+use runlane_executor_api::auth::{new_token, token_hash};
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+/// The key test servers sign artifact URLs with, so tests can forge expired ones.
+pub const TEST_SIGNING_KEY: &str = "runlane-test-signing-key";
+
+#[derive(Debug)]
+pub struct TestApi {
+    pub addr: SocketAddr,
+    pub base: String,
+    stop: CancellationToken,
+}
+
+impl TestApi {
+    /// Serves the API over `pool`; `tune` adjusts the settings first.
+    pub async fn start(pool: sqlx::PgPool, tune: impl FnOnce(&mut Settings)) -> TestApi {
+        let mut settings = Settings::default();
+        settings.api.listen = "127.0.0.1:0".into();
+        settings.api.signing_key = Some(TEST_SIGNING_KEY.to_string().into());
+        settings.artifacts.local_dir =
+            std::env::temp_dir().join(format!("runlane-api-artifacts-{}", uuid::Uuid::new_v4().simple()));
+        tune(&mut settings);
+        let state = runlane_executor_api::state(&settings, pool).await.expect("api state");
+        let stop = CancellationToken::new();
+        let (addr, _task) =
+            runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await.expect("serve");
+        TestApi { addr, base: format!("http://{addr}"), stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Creates a token as the database owner would; returns (id, token).
+pub async fn token(pool: &sqlx::PgPool, role: &str, lanes: Option<&[Lane]>) -> (uuid::Uuid, String) {
+    let token = new_token();
+    let id = db::create_token(pool, "test", role, lanes, None, &token_hash(&token)).await.expect("create token");
+    (id, token)
+}

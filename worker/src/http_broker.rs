@@ -1,0 +1,267 @@
+//! The `Broker` over the executor API: a worker holding only a worker token (no database
+//! credentials). Every call maps to one route; API errors map back to the queue's errors
+//! (`409 lease_lost` → `LeaseLost`, 5xx and connection trouble → `Unavailable`).
+
+use reqwest::{Method, StatusCode};
+use runlane_core::broker::{Broker, Notice};
+use runlane_core::db::NewArtifact;
+use runlane_core::model::*;
+use runlane_core::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct HttpBroker {
+    base: String,
+    /// The worker token; sent as a bearer token, never logged.
+    token: String,
+    client: reqwest::Client,
+}
+
+impl HttpBroker {
+    pub fn new(base: &str, token: &str) -> std::result::Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("runlane-worker/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        Ok(HttpBroker { base: base.trim_end_matches('/').to_string(), token: token.to_string(), client })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(body).map_err(|e| Error::Unavailable(Box::new(e)))?);
+        }
+        let resp = req.send().await.map_err(|e| Error::Unavailable(Box::new(e)))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Unavailable(Box::new(e)))?;
+        if status.is_success() {
+            let text = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+            return serde_json::from_slice(text).map_err(|e| Error::Unavailable(Box::new(e)));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
+        self.call(Method::POST, path, Some(&body)).await
+    }
+}
+
+/// The API's error shape back into the queue's errors.
+fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().unwrap_or_default().to_string();
+    let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
+    match (status, code.as_str()) {
+        (_, "lease_lost") => Error::LeaseLost(message),
+        (StatusCode::NOT_FOUND, _) => Error::NotFound(message),
+        (StatusCode::CONFLICT, _) => Error::Conflict(message),
+        (StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST, _) => {
+            let problems =
+                serde_json::from_value(v["error"]["details"].clone()).unwrap_or_else(|_| vec![message.clone()]);
+            Error::Invalid { message, problems }
+        }
+        (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Error::Unavailable(message.into()),
+        _ => Error::Schema(format!("the executor API refused the call ({status}): {message}")),
+    }
+}
+
+fn lane_names(lanes: &[Lane]) -> Vec<&'static str> {
+    lanes.iter().map(|l| l.as_str()).collect()
+}
+
+impl Broker for HttpBroker {
+    async fn register_worker(&self, reg: &WorkerRegistration) -> Result<WorkerId> {
+        let v: Value = self
+            .post(
+                "/v1/workers",
+                json!({"host": reg.host, "lanes": lane_names(&reg.lanes), "slots": reg.slots,
+                "version": reg.version, "capabilities": reg.capabilities, "lease_ms": reg.lease_ms}),
+            )
+            .await?;
+        serde_json::from_value(v["worker_id"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+    }
+
+    async fn worker_heartbeat(&self, worker: WorkerId, state: WorkerState, update: &WorkerUpdate) -> Result<()> {
+        let body = json!({"state": state, "lanes": update.lanes.as_deref().map(lane_names), "slots": update.slots,
+                          "capabilities": update.capabilities});
+        self.post::<Value>(&format!("/v1/workers/{worker}/heartbeat"), strip_nulls(body)).await.map(|_| ())
+    }
+
+    async fn claim_runs(
+        &self,
+        worker: WorkerId,
+        lanes: &[Lane],
+        limit: u32,
+        session: Option<SessionId>,
+    ) -> Result<Vec<ClaimedRun>> {
+        let body = strip_nulls(
+            json!({"worker_id": worker, "lanes": lane_names(lanes), "limit": limit, "session_id": session}),
+        );
+        let v: Value = self.post("/v1/claims", body).await?;
+        serde_json::from_value(v["runs"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+    }
+
+    async fn heartbeat_run(&self, lease: Lease) -> Result<HeartbeatReply> {
+        let v: Value =
+            self.post(&format!("/v1/runs/{}/heartbeat", lease.run_id), json!({"lease": lease.token})).await?;
+        Ok(HeartbeatReply { cancel_requested: v["cancel_requested"].as_bool().unwrap_or(false) })
+    }
+
+    async fn start_step(&self, lease: Lease, step: i32) -> Result<i64> {
+        let v: Value =
+            self.post(&format!("/v1/runs/{}/steps/{step}/start", lease.run_id), json!({"lease": lease.token})).await?;
+        Ok(v["seq"].as_i64().unwrap_or_default())
+    }
+
+    async fn finish_step(
+        &self,
+        lease: Lease,
+        step: i32,
+        status: StepStatus,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Result<i64> {
+        let body = strip_nulls(json!({"lease": lease.token, "status": status, "exit_code": exit_code, "error": error}));
+        let v: Value = self.post(&format!("/v1/runs/{}/steps/{step}/finish", lease.run_id), body).await?;
+        Ok(v["seq"].as_i64().unwrap_or_default())
+    }
+
+    async fn append_events(&self, lease: Lease, events: &[NewEvent]) -> Result<i64> {
+        let v: Value = self
+            .post(&format!("/v1/runs/{}/events", lease.run_id), json!({"lease": lease.token, "events": events}))
+            .await?;
+        Ok(v["last_seq"].as_i64().unwrap_or_default())
+    }
+
+    async fn put_artifact(&self, lease: Lease, a: &NewArtifact<'_>) -> Result<ArtifactId> {
+        let Some(bytes) = a.inline_data else {
+            return Err(Error::Schema("over HTTP, artifacts are uploaded as bytes (the API stores them)".into()));
+        };
+        let mut url = reqwest::Url::parse(&format!("{}/v1/runs/{}/artifacts/", self.base, lease.run_id))
+            .map_err(|e| Error::Schema(e.to_string()))?;
+        url.path_segments_mut().map_err(|_| Error::Schema("bad base URL".into()))?.pop_if_empty().push(a.name);
+        url.query_pairs_mut()
+            .append_pair("lease", &lease.token.to_string())
+            .append_pair("content_type", a.content_type);
+        if let Some(step) = a.step {
+            url.query_pairs_mut().append_pair("step", &step.to_string());
+        }
+        let resp = self
+            .client
+            .put(url)
+            .bearer_auth(&self.token)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(Box::new(e)))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| Error::Unavailable(Box::new(e)))?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|e| Error::Unavailable(Box::new(e)))?;
+        serde_json::from_value(v["artifact_id"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+    }
+
+    async fn complete_run(
+        &self,
+        lease: Lease,
+        outcome: Outcome,
+        result: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<RunStatus> {
+        let body = strip_nulls(json!({"lease": lease.token, "outcome": outcome, "result": result, "error": error}));
+        let v: Value = self.post(&format!("/v1/runs/{}/complete", lease.run_id), body).await?;
+        v["status"].as_str().unwrap_or_default().parse().map_err(Error::Schema)
+    }
+
+    async fn sweep(&self, _opts: &SweepOptions) -> Result<SweepReport> {
+        // The API server sweeps; an HTTP worker has nothing to do here.
+        Ok(SweepReport { skipped: true, ..Default::default() })
+    }
+
+    async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
+        let v: Value = self.call(Method::GET, "/v1/lanes", None::<&Value>).await?;
+        serde_json::from_value(v["lanes"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+    }
+
+    async fn fleet_id(&self) -> Result<uuid::Uuid> {
+        let v: Value = self.call(Method::GET, "/v1/fleet", None::<&Value>).await?;
+        serde_json::from_value(v["fleet_id"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+    }
+
+    async fn running_attempts(&self, runs: &[RunId]) -> Result<Vec<(RunId, i32)>> {
+        let v: Value = self.post("/v1/running-attempts", json!({"run_ids": runs})).await?;
+        let list = v["running"].as_array().cloned().unwrap_or_default();
+        Ok(list
+            .iter()
+            .filter_map(|r| Some((r["run_id"].as_str()?.parse().ok()?, i32::try_from(r["attempt"].as_i64()?).ok()?)))
+            .collect())
+    }
+
+    async fn subscribe(&self, lanes: &[Lane]) -> Result<mpsc::Receiver<Notice>> {
+        let (tx, rx) = mpsc::channel(1024);
+        let url = format!("{}/v1/notices?lanes={}", self.base, lane_names(lanes).join(","));
+        tokio::spawn(follow_notices(self.client.clone(), url, self.token.clone(), tx));
+        Ok(rx)
+    }
+}
+
+fn strip_nulls(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+/// Reads the notices SSE stream, reconnecting after a failure (then `Resumed`: poll now).
+async fn follow_notices(client: reqwest::Client, url: String, token: String, tx: mpsc::Sender<Notice>) {
+    loop {
+        if let Ok(mut resp) = client.get(&url).bearer_auth(&token).send().await
+            && resp.status().is_success()
+        {
+            if tx.send(Notice::Resumed).await.is_err() {
+                return;
+            }
+            let mut buf = String::new();
+            let mut event = String::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(nl) = buf.find('\n') {
+                    let line: String = buf.drain(..=nl).collect();
+                    let line = line.trim_end();
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim().to_string();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        let notice = match event.as_str() {
+                            "lane" => data.trim().parse().ok().map(Notice::LaneReady),
+                            "cancel" => data.trim().parse().ok().map(Notice::Cancel),
+                            "resumed" => Some(Notice::Resumed),
+                            _ => None,
+                        };
+                        if let Some(n) = notice
+                            && tx.send(n).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
