@@ -4,7 +4,7 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{WorkerProc, processes_in_group, wait_until};
+use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, wait_until};
 use runlane_tests::proxy::Proxy;
 use serde_json::json;
 use std::path::Path;
@@ -30,13 +30,23 @@ async fn wait_status(t: &TestDb, run: RunId, status: &str, limit: Duration) -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_step_moves_the_run_to_another_worker() {
+    kill_9_mid_step(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_http_worker_moves_the_run_to_another() {
+    kill_9_mid_step(true).await;
+}
+
+async fn kill_9_mid_step(http: bool) {
     let t = TestDb::new().await;
+    let fleet = if http { Fleet::http(Path::new(BIN), &t.url, &t.pool).await } else { Fleet::postgres(&t.url) };
     t.apply("slow", json!({"steps": [{"name": "s", "kind": "shell", "command": "echo begin $RUNLANE_ATTEMPT; sleep 2; echo end $RUNLANE_ATTEMPT"}]}))
         .await;
-    let mut doomed = WorkerProc::spawn(Path::new(BIN), &t.url, "doomed", &[]);
+    let mut doomed = fleet.worker(Path::new(BIN), "doomed", &[]);
     let run = t.enqueue("slow", Lane::A).await;
     wait_until("attempt 1 to start", Duration::from_secs(20), || body_event(&t, run, "begin 1")).await;
-    let _survivor = WorkerProc::spawn(Path::new(BIN), &t.url, "survivor", &[]);
+    let _survivor = fleet.worker(Path::new(BIN), "survivor", &[]);
     doomed.signal("KILL");
     let killed = Instant::now();
     doomed.wait_exit(Duration::from_secs(5));

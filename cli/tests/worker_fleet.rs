@@ -4,7 +4,7 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{WorkerProc, processes_in_group, wait_until};
+use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, wait_until};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,8 +21,22 @@ async fn run_status(t: &TestDb, run: RunId) -> RunRecord {
     db::get_run(&t.pool, run).await.expect("run")
 }
 
+/// PostgreSQL directly, or the executor API (`http`).
+async fn fleet(t: &TestDb, http: bool) -> Fleet {
+    if http { Fleet::http(Path::new(BIN), &t.url, &t.pool).await } else { Fleet::postgres(&t.url) }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_run_a_shell_runbook_and_tail_follows_it_live() {
+    tail_follows_a_shell_runbook(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_http_workers_run_a_shell_runbook_and_tail_follows_it_live() {
+    tail_follows_a_shell_runbook(true).await;
+}
+
+async fn tail_follows_a_shell_runbook(http: bool) {
     let t = TestDb::new().await;
     t.apply(
         "chatty",
@@ -33,8 +47,9 @@ async fn two_workers_run_a_shell_runbook_and_tail_follows_it_live() {
         ]}),
     )
     .await;
-    let _w1 = WorkerProc::spawn(Path::new(BIN), &t.url, "w1", &[]);
-    let _w2 = WorkerProc::spawn(Path::new(BIN), &t.url, "w2", &[]);
+    let fleet = fleet(&t, http).await;
+    let _w1 = fleet.worker(Path::new(BIN), "w1", &[]);
+    let _w2 = fleet.worker(Path::new(BIN), "w2", &[]);
     let run = t.enqueue("chatty", Lane::A).await;
 
     let mut tail = tokio::process::Command::new(BIN)
@@ -126,6 +141,15 @@ async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_a_step_that_ignores_sigterm_and_runs_the_always_step() {
+    cancel_kills_a_stubborn_step(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_an_http_worker_and_kills_its_stubborn_step() {
+    cancel_kills_a_stubborn_step(true).await;
+}
+
+async fn cancel_kills_a_stubborn_step(http: bool) {
     let t = TestDb::new().await;
     t.apply(
         "stubborn",
@@ -137,7 +161,8 @@ async fn cancel_kills_a_step_that_ignores_sigterm_and_runs_the_always_step() {
         ]}),
     )
     .await;
-    let _w = WorkerProc::spawn(Path::new(BIN), &t.url, "canceller", &[]);
+    let fleet = fleet(&t, http).await;
+    let _w = fleet.worker(Path::new(BIN), "canceller", &[]);
     let run = t.enqueue("stubborn", Lane::C).await;
     let pgid_line =
         wait_until("the step to start", Duration::from_secs(20), || event_with_body(&t, run, "pgid ")).await;

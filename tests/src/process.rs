@@ -29,20 +29,35 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts `runlane worker` against `database_url`; `env` adds to (and overrides) [`TEST_ENV`].
     pub fn spawn(bin: &Path, database_url: &str, name: &str, env: &[(&str, &str)]) -> WorkerProc {
+        WorkerProc::start(bin, &["worker"], Some(database_url), name, env)
+    }
+
+    /// Starts `runlane ARGS…` with the test environment; without a database URL the process has
+    /// none at all (a worker behind the executor API).
+    pub fn start(
+        bin: &Path,
+        args: &[&str],
+        database_url: Option<&str>,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> WorkerProc {
         let dir = std::env::temp_dir().join(format!("runlane-proc-{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("worker dir");
         let log = dir.join("worker.log");
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(bin);
-        cmd.arg("worker")
-            .env("DATABASE_URL", database_url)
+        cmd.args(args)
+            .env_remove("DATABASE_URL")
             .env("RUNLANE__WORKER__WORK_DIR", dir.join("work"))
             .env("RUNLANE__ARTIFACTS__LOCAL_DIR", dir.join("artifacts"))
             .env("RUNLANE__WORKER__HOST", name)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if let Some(url) = database_url {
+            cmd.env("DATABASE_URL", url);
+        }
         for (k, v) in TEST_ENV.iter().chain(env) {
             cmd.env(k, v);
         }
@@ -107,3 +122,44 @@ where
 }
 
 pub use runlane_worker::process_group::processes_in_group;
+
+/// How a test's workers reach the queue: PostgreSQL directly, or a `runlane api` process (then the
+/// workers hold only a worker token). Fleet tests run once per kind.
+#[derive(Debug)]
+pub enum Fleet {
+    Postgres { database_url: String },
+    Http { api: WorkerProc, base: String, token: String },
+}
+
+impl Fleet {
+    pub fn postgres(database_url: &str) -> Fleet {
+        Fleet::Postgres { database_url: database_url.to_string() }
+    }
+
+    /// Starts `runlane api` over the database (it sweeps every 250 ms) and makes a worker token.
+    pub async fn http(bin: &Path, database_url: &str, pool: &sqlx::PgPool) -> Fleet {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let listen = format!("127.0.0.1:{port}");
+        let api = WorkerProc::start(bin, &["api", "--listen", &listen], Some(database_url), "api", &[]);
+        let base = format!("http://{listen}");
+        let ready = format!("{base}/readyz");
+        wait_until("the API to be ready", Duration::from_secs(20), || async {
+            reqwest::get(&ready).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        let (_, token) = crate::api::token(pool, "worker", None).await;
+        Fleet::Http { api, base, token }
+    }
+
+    /// A worker process of this fleet.
+    pub fn worker(&self, bin: &Path, name: &str, env: &[(&str, &str)]) -> WorkerProc {
+        match self {
+            Fleet::Postgres { database_url } => WorkerProc::spawn(bin, database_url, name, env),
+            Fleet::Http { base, token, .. } => {
+                let mut all = vec![("RUNLANE_BROKER", base.as_str()), ("RUNLANE_TOKEN", token.as_str())];
+                all.extend_from_slice(env);
+                WorkerProc::start(bin, &["worker"], None, name, &all)
+            }
+        }
+    }
+}
