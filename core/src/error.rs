@@ -55,6 +55,12 @@ impl From<sqlx::Error> for Error {
                         .unwrap_or_else(|| vec![message.clone()]);
                     Error::Invalid { message, problems }
                 }
+                // data_exception: a value PostgreSQL cannot take (a NUL character, an out-of-range
+                // number …): the caller's input, not a fault of ours.
+                c if c.starts_with("22") => Error::Invalid {
+                    message: format!("a value cannot be stored: {message}"),
+                    problems: vec![message.clone()],
+                },
                 // connection_exception, admin/crash shutdown, cannot_connect_now, too many connections
                 c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => Error::Unavailable(Box::new(err)),
                 _ => Error::Database(err),

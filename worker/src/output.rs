@@ -218,7 +218,8 @@ impl OutputSink {
     }
 
     async fn emit(&self, stream: Stream, raw: &[u8]) -> Result<(), WriteError> {
-        let text = self.run.masker.mask(&String::from_utf8_lossy(raw));
+        // PostgreSQL text cannot hold NUL: show it as U+FFFD rather than lose the line.
+        let text = self.run.masker.mask(&String::from_utf8_lossy(raw).replace('\0', "\u{FFFD}"));
         let in_head = {
             let mut budget = self.run.budget.lock().unwrap_or_else(|p| p.into_inner());
             if budget.head_left >= text.len() {

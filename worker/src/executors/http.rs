@@ -13,6 +13,12 @@ use tokio::time::Instant;
 /// Bodies larger than this fail the step rather than fill the worker's memory.
 const MAX_BODY_BYTES: usize = 64 << 20;
 
+/// A host that drops SYNs would otherwise hold a try for the kernel's ~2 minutes; past this, the
+/// try counts as a connection error and is retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `http` steps. Holds one client so every http step of the worker shares its connection
+/// pool and TLS set-up.
 #[derive(Debug, Clone)]
 pub struct HttpExecutor {
     /// Shared: one connection pool for every http step of the worker.
@@ -20,9 +26,12 @@ pub struct HttpExecutor {
 }
 
 impl HttpExecutor {
+    /// Builds the shared client (rustls). Fails only when TLS cannot be set up, which the worker
+    /// reports at start rather than at its first http step.
     pub fn new() -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("runlane/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| format!("http client: {e}"))?;
         Ok(HttpExecutor { client })
@@ -33,7 +42,7 @@ impl HttpExecutor {
 struct Prepared {
     method: reqwest::Method,
     url: String,
-    headers: Vec<(String, String)>,
+    headers: reqwest::header::HeaderMap,
     body: Option<(Vec<u8>, Option<&'static str>)>,
 }
 
@@ -57,51 +66,37 @@ impl Executor for HttpExecutor {
 }
 
 impl HttpExecutor {
+    /// Every try runs inside the step's deadline (the caller's `select!`), so a try never outlives it.
     async fn send_with_retries(&self, spec: &HttpStep, req: &Prepared, ctx: &StepContext) -> StepOutcome {
-        let tries = spec.retries + 1;
+        let tries = spec.retries.saturating_add(1);
         let mut wait = Duration::from_millis(spec.retry_backoff_ms);
         for n in 1..=tries {
             let started = Instant::now();
-            let result = self.send(req).await;
-            let retry_reason = match &result {
-                Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
-                    Some(status_text(resp.status()))
-                }
-                Ok(_) => None,
-                Err(e) => Some(e.to_string()),
-            };
-            match (result, retry_reason) {
-                (Ok(resp), None) => return record(spec, resp, started, ctx).await,
-                (result, Some(why)) if n < tries => {
-                    let _ = ctx
-                        .output
-                        .line(Stream::Stderr, &format!("try {n}/{tries}: {why}; retrying in {} ms", wait.as_millis()))
-                        .await;
-                    drop(result);
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                (Ok(resp), Some(_)) => return record(spec, resp, started, ctx).await,
-                (Err(e), _) => {
-                    let why = format!("request failed after {tries} tries: {e}");
+            let why = match self.send(req).await {
+                Ok(resp) if n < tries && retryable_status(resp.status()) => status_text(resp.status()),
+                Ok(resp) => return record(spec, resp, started, ctx).await,
+                Err(e) if n < tries && retryable_error(&e) => error_chain(&e),
+                Err(e) => {
+                    let why = format!("request failed on try {n}/{tries}: {}", error_chain(&e));
                     let _ = ctx.output.line(Stream::Stderr, &why).await;
                     return StepOutcome::failed(None, why);
                 }
-            }
+            };
+            let note = format!("try {n}/{tries}: {why}; retrying in {} ms", wait.as_millis());
+            let _ = ctx.output.line(Stream::Stderr, &note).await;
+            tokio::time::sleep(wait).await;
+            wait = wait.saturating_mul(2);
         }
         StepOutcome::failed(None, "no try was made")
     }
 
     async fn send(&self, req: &Prepared) -> reqwest::Result<reqwest::Response> {
-        let mut builder = self.client.request(req.method.clone(), &req.url);
-        for (k, v) in &req.headers {
-            builder = builder.header(k, v);
-        }
+        let mut builder = self.client.request(req.method.clone(), &req.url).headers(req.headers.clone());
         if let Some((body, content_type)) = &req.body {
             if let Some(ct) = content_type
-                && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                && !req.headers.contains_key(reqwest::header::CONTENT_TYPE)
             {
-                builder = builder.header("content-type", *ct);
+                builder = builder.header(reqwest::header::CONTENT_TYPE, *ct);
             }
             builder = builder.body(body.clone());
         }
@@ -109,16 +104,42 @@ impl HttpExecutor {
     }
 }
 
+/// A server that is overloaded or failing may answer the next try.
+fn retryable_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Connection refused or reset, a connect timeout, a connection closed mid-answer: worth another
+/// try. A request that could not even be built is not.
+fn retryable_error(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request()
+}
+
+/// An error with its causes: reqwest's own message alone rarely says what went wrong.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn prepare(spec: &HttpStep, params: &Value) -> Result<Prepared, String> {
     let method = reqwest::Method::from_bytes(spec.method.trim().to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("'{}' is not an HTTP method", spec.method))?;
     let url = substitute_url(&spec.url, params)?;
     reqwest::Url::parse(&url).map_err(|e| format!("invalid URL '{url}': {e}"))?;
-    let headers = spec
-        .headers
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), substitute(v, params, Quoting::Verbatim)?)))
-        .collect::<Result<Vec<_>, String>>()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in &spec.headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes())
+            .map_err(|_| format!("'{k}' is not a valid header name"))?;
+        let value = reqwest::header::HeaderValue::try_from(substitute(v, params, Quoting::Verbatim)?)
+            .map_err(|_| format!("the value of header '{k}' is not a valid header value"))?;
+        headers.append(name, value);
+    }
     let body = match &spec.body {
         None => None,
         Some(Value::String(s)) => Some((substitute(s, params, Quoting::Verbatim)?.into_bytes(), None)),
@@ -156,7 +177,10 @@ fn fill_json(v: &Value, params: &Value) -> Result<Value, String> {
 }
 
 fn status_text(status: reqwest::StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
 }
 
 /// Writes the status line and headers, keeps the body as an artifact, judges the status.
@@ -174,27 +198,13 @@ async fn record(spec: &HttpStep, mut resp: reqwest::Response, started: Instant, 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return StepOutcome::failed(
-                        Some(i32::from(status.as_u16())),
-                        format!("response body over {MAX_BODY_BYTES} bytes"),
-                    );
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return StepOutcome::failed(
-                    Some(i32::from(status.as_u16())),
-                    format!("reading the response body: {e}"),
-                );
-            }
+    let body = match read_body(&mut resp).await {
+        Ok(body) => body,
+        Err(why) => {
+            let _ = out.line(Stream::Stderr, &format!("runlane: {why}")).await;
+            return StepOutcome::failed(Some(i32::from(status.as_u16())), why);
         }
-    }
+    };
     let _ = out.line(Stream::Stdout, &format!("body: {} bytes saved as artifact '{}'", body.len(), spec.save_as)).await;
     let code = Some(i32::from(status.as_u16()));
     let ok =
@@ -215,6 +225,22 @@ async fn record(spec: &HttpStep, mut resp: reqwest::Response, started: Instant, 
         data: ArtifactData::Bytes(body),
     });
     outcome
+}
+
+/// The whole body, refused past [`MAX_BODY_BYTES`] (before reading it when the length is announced).
+async fn read_body(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_large = || format!("response body over {MAX_BODY_BYTES} bytes");
+    if resp.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the response body: {}", error_chain(&e)))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -251,5 +277,10 @@ mod tests {
         assert_eq!(ct, Some("application/json"));
         assert!(prepare(&step(json!({"url": "http://h/", "method": "GE T"})), &params).is_err());
         assert!(prepare(&step(json!({"url": "not a url"})), &params).is_err());
+        let bad_header = prepare(&step(json!({"url": "http://h/", "headers": {"bad name": "x"}})), &params);
+        assert!(bad_header.err().is_some_and(|e| e.contains("'bad name'")));
+        let bad_value =
+            prepare(&step(json!({"url": "http://h/", "headers": {"x-a": "${{ params.nl }}"}})), &json!({"nl": "a\nb"}));
+        assert!(bad_value.err().is_some_and(|e| e.contains("'x-a'")));
     }
 }

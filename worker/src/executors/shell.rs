@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 /// left the group with setsid could hold them forever).
 const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
+/// Runs `shell` steps. Stateless: every step gets its own process group, so one executor serves
+/// every slot of the worker.
 #[derive(Debug, Default)]
 pub struct ShellExecutor;
 
@@ -33,6 +35,9 @@ impl Executor for ShellExecutor {
     type Spec = ShellStep;
 
     async fn run(&self, spec: &ShellStep, ctx: &StepContext) -> StepOutcome {
+        if ctx.cancel.is_cancelled() {
+            return StepOutcome::cancelled();
+        }
         let mut outcome = match prepare(spec, ctx) {
             Ok(cmd) => run_command(cmd, ctx).await,
             Err(e) => {
@@ -54,7 +59,7 @@ fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
         .arg(script)
         .current_dir(&dir)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
         .env("HOME", &ctx.work_dir)
         .env("LANG", "C.UTF-8")
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
@@ -64,6 +69,9 @@ fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
         .process_group(0)
         .kill_on_drop(true);
     for (k, v) in &spec.env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(format!("env name '{k}' is not a valid variable name"));
+        }
         cmd.env(k, substitute(v, &ctx.params, Quoting::Verbatim)?);
     }
     cmd.env("RUNLANE_ARTIFACTS", &ctx.artifacts_dir);
@@ -88,7 +96,7 @@ async fn run_command(mut cmd: Command, ctx: &StepContext) -> StepOutcome {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let pumps = {
+    let mut pumps = {
         let out = ctx.output.clone();
         let err = ctx.output.clone();
         tokio::spawn(async move {
@@ -114,7 +122,9 @@ async fn run_command(mut cmd: Command, ctx: &StepContext) -> StepOutcome {
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-    if tokio::time::timeout(PIPE_DRAIN_LIMIT, pumps).await.is_err() {
+    if tokio::time::timeout(PIPE_DRAIN_LIMIT, &mut pumps).await.is_err() {
+        // Stop reading, or the pumps would write into the step's output after it ended.
+        pumps.abort();
         let _ = ctx
             .output
             .line(Stream::Stderr, "runlane: output pipes stayed open after the step ended; stopped reading")
@@ -153,8 +163,9 @@ async fn terminate(child: &mut Child, pgid: Option<Pid>, grace: Duration) -> std
     }
 }
 
-/// Every regular file under the step's artifact directory (symlinks skipped), named by its path
-/// relative to it.
+/// Every regular file under the step's artifact directory, named by its '/'-separated path relative
+/// to it, in name order. Symlinks are skipped: a step must not turn a link to the worker's own files
+/// (its config, its credentials) into an artifact.
 pub fn collect_artifacts(dir: &Path) -> Vec<ProducedArtifact> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -166,7 +177,8 @@ pub fn collect_artifacts(dir: &Path) -> Vec<ProducedArtifact> {
             if kind.is_dir() {
                 pending.push(path);
             } else if kind.is_file() {
-                let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let Ok(rel) = path.strip_prefix(dir) else { continue };
+                let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
                 found.push(ProducedArtifact {
                     content_type: content_type(&name).into(),
                     name,
@@ -179,7 +191,8 @@ pub fn collect_artifacts(dir: &Path) -> Vec<ProducedArtifact> {
     found
 }
 
-/// A content type from a file name's extension.
+/// A content type from a file name's extension (shared with docker steps), so the Runboard can show
+/// text inline and offer the rest as downloads.
 pub fn content_type(name: &str) -> &'static str {
     match name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).as_deref() {
         Some("txt" | "log" | "sql" | "md") => "text/plain",
