@@ -261,12 +261,14 @@ async fn files_left_in_the_artifact_dir_become_artifacts_even_on_failure() {
     let t = TestDb::new().await;
     let step = sh(r#"echo hello > "$RUNLANE_ARTIFACTS/report.txt"; mkdir -p "$RUNLANE_ARTIFACTS/sub";
                      printf x > "$RUNLANE_ARTIFACTS/sub/a.bin"; ln -s /etc/passwd "$RUNLANE_ARTIFACTS/link.txt"; exit 1"#);
-    let (outcome, _) = shell(&t, step, json!({}), LONG).await;
+    let h = harness(&t, &step, json!({}), &[], LONG, GRACE).await;
+    let (outcome, _) = h.run(&ShellExecutor, &shell_spec(&step)).await;
     assert_eq!((outcome.status, outcome.exit_code), (StepStatus::Failed, Some(1)));
     let found: Vec<(&str, &str)> =
         outcome.artifacts.iter().map(|a| (a.name.as_str(), a.content_type.as_str())).collect();
     assert_eq!(found, [("report.txt", "text/plain"), ("sub/a.bin", "application/octet-stream")], "symlink skipped");
     let ArtifactData::File(path) = &outcome.artifacts[0].data else { panic!("a file artifact") };
+    assert_eq!(path, &h.ctx.artifacts_dir.join("report.txt"));
     assert_eq!(std::fs::read_to_string(path).expect("report"), "hello\n");
 }
 
