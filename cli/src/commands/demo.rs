@@ -1,6 +1,6 @@
 //! `runlane demo`: a whole fleet on this machine. Starts a throwaway PostgreSQL under `.runlane/`
-//! (from `initdb`/`pg_ctl` on PATH), migrates, applies templates/, starts a worker, enqueues a
-//! sample run in every lane and tails them. `--once` exits 0 when every sample run succeeded;
+//! (from `initdb`/`pg_ctl` on PATH), migrates, applies templates/, starts a worker and the executor
+//! API, enqueues a sample run in every lane and tails them. `--once` exits 0 when every sample run succeeded;
 //! without it the worker keeps serving until Ctrl-C.
 
 use super::tail::{follow, print_event};
@@ -62,6 +62,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_capacity_tx, capacity) = watch::channel(Capacity { lanes: Lane::ALL.to_vec(), slots: 4 });
     let daemon = Daemon::start(settings, pool.clone(), shutdown.clone(), capacity).await.map_err(anyhow::Error::msg)?;
 
+    let api_stop = tokio_util::sync::CancellationToken::new();
+    let api_state =
+        runlane_executor_api::state(&Settings::default(), pool.clone()).await.map_err(anyhow::Error::msg)?;
+    let (api_addr, api_task) = runlane_executor_api::serve(api_state, "127.0.0.1:0", api_stop.clone()).await?;
+    let token = runlane_executor_api::auth::new_token();
+    db::create_token(&pool, "demo", "operator", None, None, &runlane_executor_api::auth::token_hash(&token)).await?;
+    println!("executor API at http://{api_addr} (operator token {token})");
     let docker = daemon.metrics.docker_available.get() == 1 && prepare_docker_image().await;
     let session = db::create_session(&pool, "demo").await?;
     let health = format!("http://{}/healthz", daemon.health_addr);
@@ -91,11 +98,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "\nthe worker keeps serving (health: {health}). In another terminal:\n  \
              DATABASE_URL={url} runlane enqueue hello --param who=you\n  \
-             DATABASE_URL={url} runlane tail RUN_ID\nCtrl-C stops the worker and PostgreSQL."
+             DATABASE_URL={url} runlane tail RUN_ID\n  \
+             curl -H 'Authorization: Bearer {token}' http://{api_addr}/v1/runs\n\
+             Ctrl-C stops the worker, the API and PostgreSQL."
         );
         tokio::signal::ctrl_c().await?;
     }
     shutdown.stop_claiming.cancel();
+    api_stop.cancel();
+    let _ = api_task.await;
     daemon.wait().await.map_err(anyhow::Error::msg)?;
     pool.close().await;
     tokio::task::spawn_blocking(move || pg.stop()).await??;
