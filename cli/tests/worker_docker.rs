@@ -5,7 +5,7 @@ use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
 use runlane_tests::docker::{TEST_IMAGE, bridge_gateway, containers_of, docker_with_image};
-use runlane_tests::process::{WorkerProc, wait_until};
+use runlane_tests::process::{WorkerProc, spawn_tail, wait_until};
 use runlane_tests::proxy::{Proxy, UnixProxy};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -56,13 +56,7 @@ async fn a_container_streams_both_outputs_live_and_fails_with_its_exit_code() {
     .await;
     let _w = WorkerProc::spawn(Path::new(BIN), &t.url, "docker-chatty", &DOCKER_ENV);
     let run = t.enqueue("chatty", Lane::D).await;
-    let mut tail = tokio::process::Command::new(BIN)
-        .args(["tail", &run.to_string()])
-        .env("DATABASE_URL", &t.url)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tail");
+    let mut tail = spawn_tail(Path::new(BIN), &t.url, run);
     let mut out = BufReader::new(tail.stdout.take().expect("stdout")).lines();
     let mut live = false;
     while let Some(line) = out.next_line().await.expect("tail output") {

@@ -40,7 +40,7 @@ async fn kill_9_of_an_http_worker_moves_the_run_to_another() {
 
 async fn kill_9_mid_step(http: bool) {
     let t = TestDb::new().await;
-    let fleet = if http { Fleet::http(Path::new(BIN), &t.url, &t.pool).await } else { Fleet::postgres(&t.url) };
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     t.apply("slow", json!({"steps": [{"name": "s", "kind": "shell", "command": "echo begin $RUNLANE_ATTEMPT; sleep 2; echo end $RUNLANE_ATTEMPT"}]}))
         .await;
     let mut doomed = fleet.worker(Path::new(BIN), "doomed", &[]);

@@ -4,7 +4,7 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, wait_until};
+use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, spawn_tail, wait_until};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,11 +19,6 @@ async fn event_with_body(t: &TestDb, run: RunId, needle: &str) -> Option<Event> 
 
 async fn run_status(t: &TestDb, run: RunId) -> RunRecord {
     db::get_run(&t.pool, run).await.expect("run")
-}
-
-/// PostgreSQL directly, or the executor API (`http`).
-async fn fleet(t: &TestDb, http: bool) -> Fleet {
-    if http { Fleet::http(Path::new(BIN), &t.url, &t.pool).await } else { Fleet::postgres(&t.url) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,18 +42,12 @@ async fn tail_follows_a_shell_runbook(http: bool) {
         ]}),
     )
     .await;
-    let fleet = fleet(&t, http).await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     let _w1 = fleet.worker(Path::new(BIN), "w1", &[]);
     let _w2 = fleet.worker(Path::new(BIN), "w2", &[]);
     let run = t.enqueue("chatty", Lane::A).await;
 
-    let mut tail = tokio::process::Command::new(BIN)
-        .args(["tail", &run.to_string()])
-        .env("DATABASE_URL", &t.url)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("runlane tail");
+    let mut tail = spawn_tail(Path::new(BIN), &t.url, run);
     let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
     let mut output = Vec::new();
     let mut seen_live = false;
@@ -161,7 +150,7 @@ async fn cancel_kills_a_stubborn_step(http: bool) {
         ]}),
     )
     .await;
-    let fleet = fleet(&t, http).await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     let _w = fleet.worker(Path::new(BIN), "canceller", &[]);
     let run = t.enqueue("stubborn", Lane::C).await;
     let pgid_line =

@@ -151,6 +151,11 @@ impl Fleet {
         Fleet::Http { api, base, token }
     }
 
+    /// Over the executor API when `http`, else PostgreSQL directly.
+    pub async fn of(bin: &Path, t: &crate::TestDb, http: bool) -> Fleet {
+        if http { Fleet::http(bin, &t.url, &t.pool).await } else { Fleet::postgres(&t.url) }
+    }
+
     /// A worker process of this fleet.
     pub fn worker(&self, bin: &Path, name: &str, env: &[(&str, &str)]) -> WorkerProc {
         match self {
@@ -162,4 +167,15 @@ impl Fleet {
             }
         }
     }
+}
+
+/// `runlane tail RUN` as a child process with its stdout piped (killed when dropped).
+pub fn spawn_tail(bin: &Path, database_url: &str, run: runlane_core::model::RunId) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .args(["tail", &run.to_string()])
+        .env("DATABASE_URL", database_url)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("runlane tail")
 }
