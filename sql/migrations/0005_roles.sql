@@ -19,10 +19,17 @@ REVOKE ALL ON ALL TABLES IN SCHEMA runlane FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA runlane FROM PUBLIC;
 GRANT USAGE ON SCHEMA runlane TO runlane_viewer, runlane_operator, runlane_worker;
 
--- Viewer: read runs, steps, events, artifacts, templates, lanes, workers, sessions. Never tokens.
-GRANT SELECT ON runlane.runs, runlane.run_steps, runlane.run_events, runlane.artifacts, runlane.run_templates,
+-- Viewer: read runs (but not their params, which may hold secrets, nor their lease tokens), steps,
+-- events, artifacts, templates, lanes, workers, sessions. Never tokens. The operator reads runs whole.
+GRANT SELECT ON runlane.run_steps, runlane.run_events, runlane.artifacts, runlane.run_templates,
                 runlane.lanes, runlane.workers, runlane.sessions
     TO runlane_viewer, runlane_operator;
+GRANT SELECT ON runlane.runs TO runlane_operator;
+GRANT SELECT (id, template, template_version, lane, priority, status, secret_params, steps, requires, timeout_ms,
+              attempt, failed_attempts, max_attempts, backoff_base_ms, crash_count, max_crashes, run_at, created_at,
+              enqueued_by, claimed_at, finished_at, deadline_at, worker_id, lease_expires_at, cancel_requested_at,
+              cancel_reason, idempotency_key, session_id, result, error, next_seq)
+    ON runlane.runs TO runlane_viewer;
 GRANT EXECUTE ON FUNCTION runlane.lane_stats() TO runlane_viewer, runlane_operator, runlane_worker;
 
 -- Operator: enqueue, cancel, retry, annotate, templates, lane caps, sessions, sweep.

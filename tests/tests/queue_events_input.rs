@@ -146,3 +146,27 @@ async fn bad_input_raises_clear_errors_and_writes_nothing() {
     assert_eq!(t.count("SELECT count(*) FROM runlane.run_events").await, events_before, "no partial batch");
     assert_eq!(db::get_run(&t.pool, run).await.expect("run").status, "running", "the run is untouched");
 }
+
+#[tokio::test]
+async fn secret_params_are_masked_where_operators_read_runs() {
+    let t = TestDb::new().await;
+    t.apply(
+        "login",
+        serde_json::json!({"params": {"type": "object", "properties": {"user": {"type": "string"}, "password": {"type": "string", "secret": true}}},
+                           "steps": [{"name": "s", "kind": "noop"}]}),
+    )
+    .await;
+    let req = EnqueueRequest {
+        template: "login".into(),
+        params: serde_json::json!({"user": "ops", "password": "hunter2"}),
+        ..Default::default()
+    };
+    let run = db::enqueue_run(&t.pool, &req).await.expect("enqueue");
+    let shown = db::get_run(&t.pool, run).await.expect("run").params;
+    assert_eq!(shown, serde_json::json!({"user": "ops", "password": "***"}));
+    let listed = db::list_runs(&t.pool, &db::RunFilter { limit: 10, ..Default::default() }).await.expect("list");
+    assert_eq!(listed[0].params["password"], "***");
+    let claimed =
+        db::claim_runs(&t.pool, t.register(&[Lane::C], 15_000).await, &[Lane::C], 1, None).await.expect("claim");
+    assert_eq!(claimed[0].params["password"], "hunter2", "the worker that runs it gets the real value");
+}

@@ -35,6 +35,12 @@ async fn each_role_can_do_its_job_and_nothing_more() {
     assert_eq!(as_role(&t, "runlane_worker", claim).await, None);
     // viewer: reads, cannot cancel or enqueue
     assert_eq!(as_role(&t, "runlane_viewer", read).await, None);
+    assert_eq!(
+        as_role(&t, "runlane_viewer", "SELECT params FROM runlane.runs").await.as_deref(),
+        DENIED,
+        "params may hold secrets"
+    );
+    assert_eq!(as_role(&t, "runlane_operator", "SELECT params FROM runlane.runs").await, None);
     assert_eq!(as_role(&t, "runlane_viewer", cancel).await.as_deref(), DENIED);
     assert_eq!(as_role(&t, "runlane_viewer", enqueue).await.as_deref(), DENIED);
     // operator: enqueues and cancels, cannot claim or register a worker

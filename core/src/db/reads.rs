@@ -4,17 +4,19 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use sqlx::PgExecutor;
 
+/// A run's columns as operators see them: the values of secret params replaced by `***`.
+const RUN_COLUMNS: &str = "id, template, template_version, lane, priority, status,
+    params || coalesce((SELECT jsonb_object_agg(k, to_jsonb('***'::text)) FROM unnest(secret_params) AS k
+                        WHERE params ? k), '{}') AS params,
+    attempt, failed_attempts, max_attempts, crash_count, max_crashes, run_at, created_at, claimed_at, finished_at,
+    worker_id, cancel_requested_at, session_id, result, error";
+
 pub async fn get_run(ex: impl PgExecutor<'_>, run: RunId) -> Result<RunRecord> {
-    sqlx::query_as(
-        "SELECT id, template, template_version, lane, priority, status, params, attempt, failed_attempts,
-                max_attempts, crash_count, max_crashes, run_at, created_at, claimed_at, finished_at, worker_id,
-                cancel_requested_at, session_id, result, error
-         FROM runlane.runs WHERE id = $1",
-    )
-    .bind(run)
-    .fetch_optional(ex)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("unknown run {run}")))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runlane.runs WHERE id = $1")))
+        .bind(run)
+        .fetch_optional(ex)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("unknown run {run}")))
 }
 
 /// Events of a run after `after_seq`, in seq order, at most `limit`.
@@ -46,16 +48,13 @@ pub struct RunFilter {
 }
 
 pub async fn list_runs(ex: impl PgExecutor<'_>, f: &RunFilter) -> Result<Vec<RunRecord>> {
-    Ok(sqlx::query_as(
-        "SELECT id, template, template_version, lane, priority, status, params, attempt, failed_attempts,
-                max_attempts, crash_count, max_crashes, run_at, created_at, claimed_at, finished_at, worker_id,
-                cancel_requested_at, session_id, result, error
-         FROM runlane.runs
-         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR lane = $2)
-           AND ($3::text IS NULL OR template = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)
-           AND ($5::uuid IS NULL OR id < $5)
-         ORDER BY id DESC LIMIT $6",
-    )
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runlane.runs
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR lane = $2)
+               AND ($3::text IS NULL OR template = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)
+               AND ($5::uuid IS NULL OR id < $5)
+             ORDER BY id DESC LIMIT $6"
+    )))
     .bind(&f.status)
     .bind(f.lane.map(Lane::as_str))
     .bind(&f.template)
