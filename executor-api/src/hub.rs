@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HubNotice {
@@ -26,15 +27,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts listening. Slow subscribers lag (and re-read), they never block the hub.
-    pub async fn start(pool: &PgPool) -> Result<Hub, sqlx::Error> {
+    /// Starts listening until `stop` (the listener holds a pool connection: a pool closes only
+    /// after it is back). Slow subscribers lag (and re-read), they never block the hub.
+    pub async fn start(pool: &PgPool, stop: CancellationToken) -> Result<Hub, sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         let mut channels: Vec<String> = Lane::ALL.iter().map(|l| lane_channel(*l)).collect();
         channels.push(CANCEL_CHANNEL.into());
         channels.push(EVENTS_CHANNEL.into());
         listener.listen_all(channels.iter().map(String::as_str)).await?;
         let (tx, _) = broadcast::channel(4096);
-        tokio::spawn(pump(listener, tx.clone()));
+        tokio::spawn(pump(listener, tx.clone(), stop));
         Ok(Hub { tx })
     }
 
@@ -43,10 +45,14 @@ impl Hub {
     }
 }
 
-async fn pump(mut listener: PgListener, tx: broadcast::Sender<HubNotice>) {
+async fn pump(mut listener: PgListener, tx: broadcast::Sender<HubNotice>, stop: CancellationToken) {
     let mut broken = false;
     loop {
-        match listener.try_recv().await {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.try_recv() => r,
+        };
+        match received {
             Ok(Some(n)) => {
                 if broken {
                     broken = false;

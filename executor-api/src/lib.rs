@@ -35,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-/// Builds the shared state: the notification hub, the artifact store, the URL signer.
-pub async fn state(settings: &Settings, pool: PgPool) -> Result<AppState, String> {
-    let hub = hub::Hub::start(&pool).await.map_err(|e| format!("listening for notifications: {e}"))?;
+/// Builds the shared state: the notification hub (listening until `stop`), the artifact store, the
+/// URL signer.
+pub async fn state(settings: &Settings, pool: PgPool, stop: CancellationToken) -> Result<AppState, String> {
+    let hub = hub::Hub::start(&pool, stop).await.map_err(|e| format!("listening for notifications: {e}"))?;
     let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
     let signer = match &settings.api.signing_key {
         Some(key) => signing::Signer::new(key.expose_secret().as_bytes()),

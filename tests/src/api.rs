@@ -26,8 +26,8 @@ impl TestApi {
         settings.artifacts.local_dir =
             std::env::temp_dir().join(format!("runlane-api-artifacts-{}", uuid::Uuid::new_v4().simple()));
         tune(&mut settings);
-        let state = runlane_executor_api::state(&settings, pool).await.expect("api state");
         let stop = CancellationToken::new();
+        let state = runlane_executor_api::state(&settings, pool, stop.clone()).await.expect("api state");
         let (addr, _task) =
             runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await.expect("serve");
         TestApi { addr, base: format!("http://{addr}"), stop }

@@ -23,8 +23,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let settings = args.config.load(overrides)?;
     let pool = connect(&settings, "runlane-api").await?;
-    let state = runlane_executor_api::state(&settings, pool.clone()).await.map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
+    let state = runlane_executor_api::state(&settings, pool.clone(), stop.clone()).await.map_err(anyhow::Error::msg)?;
     let (addr, server) = runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await?;
     if settings.sweeper.enabled {
         tokio::spawn(runlane_worker::sweeper::run(

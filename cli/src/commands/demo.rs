@@ -63,8 +63,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let daemon = Daemon::start(settings, pool.clone(), shutdown.clone(), capacity).await.map_err(anyhow::Error::msg)?;
 
     let api_stop = tokio_util::sync::CancellationToken::new();
-    let api_state =
-        runlane_executor_api::state(&Settings::default(), pool.clone()).await.map_err(anyhow::Error::msg)?;
+    let api_state = runlane_executor_api::state(&Settings::default(), pool.clone(), api_stop.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (api_addr, api_task) = runlane_executor_api::serve(api_state, "127.0.0.1:0", api_stop.clone()).await?;
     let token = runlane_executor_api::auth::new_token();
     db::create_token(&pool, "demo", "operator", None, None, &runlane_executor_api::auth::token_hash(&token)).await?;
