@@ -7,7 +7,9 @@ use crate::db::NewArtifact;
 use crate::model::{ArtifactId, Lease};
 use crate::settings::ArtifactSettings;
 use object_store::path::Path as StorePath;
+use object_store::signer::{Method, Signer};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -48,11 +50,13 @@ pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
     /// Key prefix inside the store (from an `s3://bucket/prefix` URL).
     prefix: String,
+    /// S3 / Spaces sign their own download URLs; the local store has none (the API signs those).
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl ArtifactStore {
     pub fn from_settings(s: &ArtifactSettings) -> Result<Self, String> {
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = match &s.s3_url {
+        let (store, prefix, signer): (Arc<dyn ObjectStore>, String, Option<Arc<dyn Signer>>) = match &s.s3_url {
             Some(url) => {
                 let rest = url
                     .strip_prefix("s3://")
@@ -65,17 +69,24 @@ impl ArtifactStore {
                 if let Some(region) = &s.s3_region {
                     b = b.with_region(region);
                 }
-                (Arc::new(b.build().map_err(|e| format!("artifact store: {e}"))?), prefix.trim_matches('/').to_string())
+                if let Some(key) = &s.s3_access_key_id {
+                    b = b.with_access_key_id(key);
+                }
+                if let Some(secret) = &s.s3_secret_access_key {
+                    b = b.with_secret_access_key(secret.expose_secret());
+                }
+                let s3 = Arc::new(b.build().map_err(|e| format!("artifact store: {e}"))?);
+                (s3.clone(), prefix.trim_matches('/').to_string(), Some(s3))
             }
             None => {
                 std::fs::create_dir_all(&s.local_dir)
                     .map_err(|e| format!("artifacts.local_dir {}: {e}", s.local_dir.display()))?;
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&s.local_dir)
                     .map_err(|e| format!("artifacts.local_dir {}: {e}", s.local_dir.display()))?;
-                (Arc::new(local), String::new())
+                (Arc::new(local), String::new(), None)
             }
         };
-        Ok(ArtifactStore { inline_max_bytes: s.inline_max_bytes, store, prefix })
+        Ok(ArtifactStore { inline_max_bytes: s.inline_max_bytes, store, prefix, signer })
     }
 
     /// The object store (readers fetch large artifacts by their key).
@@ -118,6 +129,16 @@ impl ArtifactStore {
             .put_artifact(lease, &record)
             .await
             .map_err(|e| ArtifactError::Queue { name: name.to_string(), source: e })
+    }
+
+    /// A download URL the store signs itself (S3 / Spaces), valid for `ttl`; None for the local store.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Option<Result<String, object_store::Error>> {
+        let signer = self.signer.as_ref()?;
+        Some(signer.signed_url(Method::GET, &StorePath::from(key), ttl).await.map(|u| u.to_string()))
     }
 
     /// The bytes of a stored (large) artifact.

@@ -96,10 +96,12 @@ pub struct ArtifactSettings {
     pub local_dir: PathBuf,
     /// `s3://bucket/prefix` to store large artifacts in S3 or DigitalOcean Spaces instead.
     pub s3_url: Option<String>,
-    /// S3 endpoint, e.g. `https://fra1.digitaloceanspaces.com`; credentials come from the usual
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables.
+    /// S3 endpoint, e.g. `https://fra1.digitaloceanspaces.com`.
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
+    /// S3 credentials; unset: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<SecretString>,
 }
 
 impl Default for ArtifactSettings {
@@ -110,6 +112,8 @@ impl Default for ArtifactSettings {
             s3_url: None,
             s3_endpoint: None,
             s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Artifacts: a run's list with signed, expiring download URLs, and the download itself (which
+//! Artifacts: a run's list with signed, expiring download URLs — presigned by S3 / Spaces for
+//! artifacts stored there, HMAC-signed by this API otherwise — and the download of the latter (which
 //! needs the signature, not a bearer token, so a URL can be handed to a browser or curl).
 
 use crate::auth::Reader;
@@ -20,19 +21,25 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     db::get_run(&st.pool, run).await?;
     let expires = chrono::Utc::now().timestamp() + st.settings.url_ttl_s as i64;
-    let items: Vec<Value> = db::list_artifacts(&st.pool, run)
-        .await?
-        .into_iter()
-        .map(|a| {
-            let signature = st.signer.sign(a.id.0, expires);
-            json!({
-                "id": a.id, "attempt": a.attempt, "step": a.step, "name": a.name, "content_type": a.content_type,
-                "size_bytes": a.size_bytes, "sha256": a.sha256, "created_at": a.created_at,
-                "url": format!("/v1/artifacts/{}?expires={expires}&signature={signature}", a.id),
-                "expires_at": expires,
-            })
-        })
-        .collect();
+    let ttl = std::time::Duration::from_secs(st.settings.url_ttl_s);
+    let mut items = Vec::new();
+    for a in db::list_artifacts(&st.pool, run).await? {
+        // Large artifacts in S3 / Spaces: a URL the store signs. The rest: one this API signs.
+        let presigned = match &a.store_key {
+            Some(key) => st.artifacts.presigned_get(key, ttl).await.transpose().map_err(|e| {
+                tracing::error!(artifact = %a.id, error = %e, "could not presign an artifact URL");
+                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            })?,
+            None => None,
+        };
+        let url = presigned.unwrap_or_else(|| {
+            format!("/v1/artifacts/{}?expires={expires}&signature={}", a.id, st.signer.sign(a.id.0, expires))
+        });
+        items.push(json!({
+            "id": a.id, "attempt": a.attempt, "step": a.step, "name": a.name, "content_type": a.content_type,
+            "size_bytes": a.size_bytes, "sha256": a.sha256, "created_at": a.created_at, "url": url, "expires_at": expires,
+        }));
+    }
     Ok(Json(json!({"artifacts": items})))
 }
 
