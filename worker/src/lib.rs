@@ -6,6 +6,7 @@
 //! - [`daemon`]: wiring of a worker process over PostgreSQL (pool, executors, sweeper, health).
 //! - [`worker`]: the process: registration, the claim loop, signals, drain.
 //! - [`run_task`]: one run from claim to completion: steps in order, heartbeats, cancel, `always` steps.
+//! - [`lease`]: heartbeats, giving a lease up by the worker's own clock, retrying queue calls.
 //! - [`executors`]: one file per step kind behind the `Executor` trait.
 //! - [`containers`]: the Docker engine: connection, orphan reaping, importing a local image.
 //! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
@@ -21,6 +22,7 @@ pub mod event_writer;
 pub mod executors;
 pub mod health;
 pub mod http_broker;
+pub mod lease;
 pub mod metrics;
 pub mod output;
 pub mod process_group;
