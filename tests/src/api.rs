@@ -15,6 +15,8 @@ pub struct TestApi {
     pub addr: SocketAddr,
     pub base: String,
     stop: CancellationToken,
+    /// The local artifact store, removed with the server.
+    artifacts_dir: std::path::PathBuf,
 }
 
 impl TestApi {
@@ -30,7 +32,7 @@ impl TestApi {
         let state = runlane_executor_api::state(&settings, pool, stop.clone()).await.expect("api state");
         let (addr, _task) =
             runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await.expect("serve");
-        TestApi { addr, base: format!("http://{addr}"), stop }
+        TestApi { addr, base: format!("http://{addr}"), stop, artifacts_dir: settings.artifacts.local_dir.clone() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -41,6 +43,7 @@ impl TestApi {
 impl Drop for TestApi {
     fn drop(&mut self) {
         self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.artifacts_dir);
     }
 }
 
