@@ -38,6 +38,12 @@ impl TestApi {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// GET `path` with a bearer token; the JSON answer.
+    pub async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
+        let resp = reqwest::Client::new().get(self.url(path)).bearer_auth(token).send().await.expect("request");
+        resp.json().await.expect("a JSON answer")
+    }
 }
 
 impl Drop for TestApi {

@@ -211,15 +211,7 @@ async fn signed_artifact_urls_download_exact_bytes_and_refuse_tampering_or_expir
         .expect("upload");
     assert_eq!(stale.status(), StatusCode::CONFLICT, "a stale lease cannot upload");
 
-    let list: Value = client
-        .get(api.url(&format!("/v1/runs/{run}/artifacts")))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list = api.get_json(&format!("/v1/runs/{run}/artifacts"), &viewer).await;
     let artifacts = list["artifacts"].as_array().expect("artifacts");
     assert_eq!(artifacts.len(), 2);
     for a in artifacts {

@@ -8,7 +8,6 @@ use runlane_core::model::Lane;
 use runlane_tests::TestDb;
 use runlane_tests::api::{TestApi, token};
 use runlane_tests::process::wait_until;
-use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -81,15 +80,7 @@ async fn large_artifacts_go_to_s3_and_download_by_presigned_url() {
         .expect("store key");
     assert!(key.starts_with("fleet-1/runs/"), "{key}");
 
-    let list: Value = client
-        .get(api.url(&format!("/v1/runs/{run}/artifacts")))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list = api.get_json(&format!("/v1/runs/{run}/artifacts"), &viewer).await;
     let url = list["artifacts"][0]["url"].as_str().expect("url").to_string();
     assert!(url.starts_with(&format!("{endpoint}/runlane-artifacts/fleet-1/runs/")), "{url}");
     assert!(url.contains("X-Amz-Signature="), "presigned by the store: {url}");
