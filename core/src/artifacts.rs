@@ -2,8 +2,7 @@
 //! object store (a local directory by default; S3 or DigitalOcean Spaces by config), and the
 //! database keeps their key. Either way the record has the size, sha256 and content type.
 
-use crate::broker::Broker;
-use crate::db::NewArtifact;
+use crate::db::{self, NewArtifact};
 use crate::model::{ArtifactId, Lease};
 use crate::settings::ArtifactSettings;
 use object_store::path::Path as StorePath;
@@ -11,6 +10,7 @@ use object_store::signer::{Method, Signer};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use std::sync::Arc;
 
 /// The largest artifact accepted (it is held in memory while stored).
@@ -37,6 +37,8 @@ impl ArtifactError {
 /// One artifact's bytes and what to record about them.
 #[derive(Debug, Clone)]
 pub struct ArtifactBytes<'a> {
+    /// Chosen by the writer before the first try, so a retried upload is recognised as the same one.
+    pub id: ArtifactId,
     pub step: Option<i32>,
     pub name: &'a str,
     pub content_type: &'a str,
@@ -94,22 +96,25 @@ impl ArtifactStore {
         &self.store
     }
 
-    /// Stores one artifact's bytes (inline or in the store, by size) and records it for the lease
-    /// holder's run.
-    pub async fn save<B: Broker>(
+    /// Stores one artifact for the lease holder's run: the lease and the name are checked before
+    /// a byte is stored; large bytes go under a key no other upload can have (run, attempt, step and
+    /// the artifact's own id), small ones inline; then the record. A refused record takes its stored
+    /// bytes with it. Safe to repeat after a lost reply (same id: same key, same record).
+    pub async fn save(
         &self,
-        broker: &B,
+        pool: &PgPool,
         lease: Lease,
-        attempt: i32,
-        artifact: ArtifactBytes<'_>,
+        artifact: &ArtifactBytes<'_>,
     ) -> Result<ArtifactId, ArtifactError> {
-        let ArtifactBytes { step, name, content_type, bytes } = artifact;
+        let ArtifactBytes { id, step, name, content_type, bytes } = artifact;
+        let queue = |e: crate::Error| ArtifactError::Queue { name: name.to_string(), source: e };
         let size = bytes.len() as u64;
         if size > MAX_ARTIFACT_BYTES {
             return Err(ArtifactError::TooLarge { name: name.to_string(), size });
         }
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let key = (size > self.inline_max_bytes).then(|| self.key_for(lease, attempt, name));
+        let attempt = db::check_artifact_upload(pool, lease, name).await.map_err(queue)?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let key = (size > self.inline_max_bytes).then(|| self.key_for(lease, attempt, *step, *id, name));
         if let Some(key) = &key {
             self.store
                 .put(&StorePath::from(key.as_str()), PutPayload::from(bytes.clone()))
@@ -117,7 +122,8 @@ impl ArtifactStore {
                 .map_err(|e| ArtifactError::Store { name: name.to_string(), source: e })?;
         }
         let record = NewArtifact {
-            step,
+            id: *id,
+            step: *step,
             name,
             content_type,
             size_bytes: size as i64,
@@ -125,10 +131,43 @@ impl ArtifactStore {
             inline_data: key.is_none().then_some(bytes.as_slice()),
             store_key: key.as_deref(),
         };
-        broker
-            .put_artifact(lease, &record)
-            .await
-            .map_err(|e| ArtifactError::Queue { name: name.to_string(), source: e })
+        match db::put_artifact(pool, lease, &record).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                // Refused for good: nothing refers to the bytes. (After a connection error the record
+                // may have committed; the bytes stay, and a retry finds them under the same key.)
+                if let Some(key) = &key
+                    && !e.is_retryable()
+                {
+                    let _ = self.delete(key).await;
+                }
+                Err(queue(e))
+            }
+        }
+    }
+
+    /// Deletes stored bytes; deleting what is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
+        match self.store.delete(&StorePath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the stored bytes of pruned artifacts (up to `limit`); returns how many keys were done.
+    pub async fn delete_doomed(&self, pool: &PgPool, limit: i32) -> Result<usize, crate::Error> {
+        let keys = db::doomed_objects(pool, limit).await?;
+        let mut done = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.delete(&key).await {
+                Ok(()) => done.push(key),
+                Err(e) => tracing::warn!(%key, error = %e, "could not delete a pruned artifact's bytes; will retry"),
+            }
+        }
+        if !done.is_empty() {
+            db::forget_objects(pool, &done).await?;
+        }
+        Ok(done.len())
     }
 
     /// A download URL the store signs itself (S3 / Spaces), valid for `ttl`; None for the local store.
@@ -146,10 +185,12 @@ impl ArtifactStore {
         Ok(self.store.get(&StorePath::from(key)).await?.bytes().await?.to_vec())
     }
 
-    fn key_for(&self, lease: Lease, attempt: i32, name: &str) -> String {
+    /// `runs/{run}/{attempt}/{step}/{artifact id}/{name}`: two uploads never share a key.
+    fn key_for(&self, lease: Lease, attempt: i32, step: Option<i32>, id: ArtifactId, name: &str) -> String {
         let safe: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-/".contains(c) { c } else { '_' }).collect();
-        let key = format!("runs/{}/{attempt}/{}", lease.run_id, safe.trim_start_matches('/'));
+        let step = step.map_or_else(|| "run".to_string(), |s| s.to_string());
+        let key = format!("runs/{}/{attempt}/{step}/{id}/{}", lease.run_id, safe.trim_start_matches('/'));
         if self.prefix.is_empty() { key } else { format!("{}/{key}", self.prefix) }
     }
 }

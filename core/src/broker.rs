@@ -2,7 +2,8 @@
 //! the executor API over HTTPS is the other implementation, so a worker needs no database
 //! credentials. Every call about a run is fenced by its lease: a stale one is `Error::LeaseLost`.
 
-use crate::db::{self, NewArtifact};
+use crate::artifacts::{ArtifactBytes, ArtifactError, ArtifactStore};
+use crate::db;
 use crate::error::Result;
 use crate::model::*;
 use sqlx::PgPool;
@@ -22,7 +23,7 @@ pub enum Notice {
     Resumed,
 }
 
-/// The worker's view of the queue.
+/// The worker's view of the queue. Every call about a run is safe to repeat after a lost reply.
 pub trait Broker: Send + Sync + 'static {
     fn register_worker(&self, reg: &WorkerRegistration) -> impl Future<Output = Result<WorkerId>> + Send;
     fn worker_heartbeat(
@@ -48,9 +49,15 @@ pub trait Broker: Send + Sync + 'static {
         exit_code: Option<i32>,
         error: Option<&str>,
     ) -> impl Future<Output = Result<i64>> + Send;
-    fn append_events(&self, lease: Lease, events: &[NewEvent]) -> impl Future<Output = Result<i64>> + Send;
-    fn put_artifact(&self, lease: Lease, artifact: &NewArtifact<'_>)
-    -> impl Future<Output = Result<ArtifactId>> + Send;
+    /// `batch` numbers the run task's event batches 1, 2, 3 … within the attempt.
+    fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> impl Future<Output = Result<i64>> + Send;
+    /// Stores an artifact's bytes where this broker keeps them (inline or in the object store, by
+    /// size) and records it.
+    fn put_artifact(
+        &self,
+        lease: Lease,
+        artifact: &ArtifactBytes<'_>,
+    ) -> impl Future<Output = Result<ArtifactId, ArtifactError>> + Send;
     fn complete_run(
         &self,
         lease: Lease,
@@ -58,7 +65,6 @@ pub trait Broker: Send + Sync + 'static {
         result: Option<&serde_json::Value>,
         error: Option<&str>,
     ) -> impl Future<Output = Result<RunStatus>> + Send;
-    fn sweep(&self, opts: &SweepOptions) -> impl Future<Output = Result<SweepReport>> + Send;
     fn lane_stats(&self) -> impl Future<Output = Result<Vec<LaneStats>>> + Send;
     /// The fleet (database) this broker serves; step containers are labelled with it.
     fn fleet_id(&self) -> impl Future<Output = Result<uuid::Uuid>> + Send;
@@ -73,11 +79,13 @@ pub trait Broker: Send + Sync + 'static {
 pub struct PgBroker {
     /// Cloning shares the pool.
     pool: PgPool,
+    /// Where large artifacts' bytes go.
+    artifacts: ArtifactStore,
 }
 
 impl PgBroker {
-    pub fn new(pool: PgPool) -> Self {
-        PgBroker { pool }
+    pub fn new(pool: PgPool, artifacts: ArtifactStore) -> Self {
+        PgBroker { pool, artifacts }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -123,12 +131,12 @@ impl Broker for PgBroker {
         db::finish_step(&self.pool, lease, step, status, exit_code, error).await
     }
 
-    async fn append_events(&self, lease: Lease, events: &[NewEvent]) -> Result<i64> {
-        db::append_events(&self.pool, lease, events).await
+    async fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> Result<i64> {
+        db::append_events(&self.pool, lease, Some(batch), events).await
     }
 
-    async fn put_artifact(&self, lease: Lease, artifact: &NewArtifact<'_>) -> Result<ArtifactId> {
-        db::put_artifact(&self.pool, lease, artifact).await
+    async fn put_artifact(&self, lease: Lease, artifact: &ArtifactBytes<'_>) -> Result<ArtifactId, ArtifactError> {
+        self.artifacts.save(&self.pool, lease, artifact).await
     }
 
     async fn complete_run(
@@ -139,10 +147,6 @@ impl Broker for PgBroker {
         error: Option<&str>,
     ) -> Result<RunStatus> {
         db::complete_run(&self.pool, lease, outcome, result, error).await
-    }
-
-    async fn sweep(&self, opts: &SweepOptions) -> Result<SweepReport> {
-        db::sweep(&self.pool, opts).await
     }
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {

@@ -16,6 +16,10 @@ pub enum Error {
     /// The request does not fit the run's state (retrying a running run). SQLSTATE `RL409`.
     #[error("{0}")]
     Conflict(String),
+    /// The worker was marked gone (silent past the worker timeout): its runs went to others. It must
+    /// register again (a fresh id) before it claims. SQLSTATE `RL410`.
+    #[error("{0}")]
+    WorkerGone(String),
     /// The queue (PostgreSQL, or the executor API) could not be reached or went away mid-call.
     /// Retry after a pause.
     #[error("queue unavailable: {0}")]
@@ -47,6 +51,7 @@ impl From<sqlx::Error> for Error {
                 "RL001" => Error::LeaseLost(message),
                 "RL404" => Error::NotFound(message),
                 "RL409" => Error::Conflict(message),
+                "RL410" => Error::WorkerGone(message),
                 "RL422" => {
                     let problems = db
                         .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()

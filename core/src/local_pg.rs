@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL cluster made from the `initdb` and `pg_ctl` on PATH: `runlane demo`
 //! runs on one, and every database test starts its own. When this process runs as root the
-//! server runs as the `postgres` OS user (PostgreSQL refuses root).
+//! server runs as the `postgres` OS user (PostgreSQL refuses root); if that user cannot enter the
+//! directory asked for (a root home directory is mode 0700), the cluster moves to a private
+//! temporary directory owned by it, with its socket and log, removed when the cluster stops.
 //!
 //! The calls block (they wait for `pg_ctl`); from async code run them in `spawn_blocking`.
 
@@ -31,6 +33,8 @@ impl Default for LocalPgOptions {
 pub struct LocalPg {
     /// Holds `data/` and `server.log`.
     dir: PathBuf,
+    /// Why the cluster is not where it was asked to be (see [`LocalPg::relocation`]).
+    relocated: Option<String>,
     port: u16,
     /// `Some("postgres")` when we are root: every server command runs as that user.
     run_as: Option<String>,
@@ -47,9 +51,21 @@ impl LocalPg {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let run_as = running_as_root()?.then(|| "postgres".to_string());
-        let mut pg = LocalPg { dir, port: 0, run_as, remove_on_drop: opts.remove_on_drop };
-        if let Some(user) = &pg.run_as {
+        let mut pg =
+            LocalPg { dir, relocated: None, port: 0, run_as: run_as.clone(), remove_on_drop: opts.remove_on_drop };
+        if let Some(user) = &run_as {
             chown_to(&pg.dir, user)?;
+            if !user_can_enter(user, &pg.dir)? {
+                let private = private_temp_dir(user)?;
+                pg.relocated = Some(format!(
+                    "the {user} OS user (PostgreSQL does not run as root) cannot enter {}, so the cluster, \
+                     its socket and its log are in {} instead, removed when it stops",
+                    pg.dir.display(),
+                    private.display()
+                ));
+                pg.dir = private;
+                pg.remove_on_drop = true;
+            }
         }
         if !pg.data_dir().join("PG_VERSION").exists() {
             pg.run_checked(
@@ -84,6 +100,11 @@ impl LocalPg {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Set when the cluster lives elsewhere than asked, saying where and why.
+    pub fn relocation(&self) -> Option<&str> {
+        self.relocated.as_deref()
     }
 
     /// A connection URL for `database` as the superuser `postgres`.
@@ -189,6 +210,34 @@ fn free_port() -> io::Result<u16> {
 /// Whether this process runs as root (the owner of /proc/self is the effective uid).
 fn running_as_root() -> io::Result<bool> {
     Ok(std::fs::metadata("/proc/self")?.uid() == 0)
+}
+
+/// Whether `user` can enter and write `dir` (every directory above it must let it through).
+fn user_can_enter(user: &str, dir: &Path) -> io::Result<bool> {
+    let status = Command::new("runuser")
+        .args(["-u", user, "--", "test", "-w"])
+        .arg(dir)
+        .arg("-a")
+        .arg("-x")
+        .arg(dir)
+        .status()?;
+    Ok(status.success())
+}
+
+/// A fresh directory under the system's temporary directory, mode 0700, owned by `user`.
+fn private_temp_dir(user: &str) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("runlane-pg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    chown_to(&dir, user)?;
+    if !user_can_enter(user, &dir)? {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(io::Error::other(format!(
+            "the {user} OS user cannot enter {} either: set TMPDIR to a directory it can enter",
+            dir.display()
+        )));
+    }
+    Ok(dir)
 }
 
 fn chown_to(dir: &Path, user: &str) -> io::Result<()> {

@@ -295,6 +295,10 @@ pub struct WorkerRegistration {
     pub version: String,
     pub capabilities: Vec<String>,
     pub lease_ms: u32,
+    /// How long the worker may take, after giving a lease up, to stop the run's processes: the
+    /// sweeper waits this long past the lease's expiry before the run may start elsewhere.
+    #[serde(default)]
+    pub kill_grace_ms: u32,
 }
 
 /// What changed about a worker since it registered (`None`: unchanged).
@@ -317,26 +321,24 @@ pub struct EnqueueRequest {
     pub session_id: Option<SessionId>,
 }
 
-/// The sweeper's knobs; `now` is its clock (None: the database's).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A sweeper pass as of another time, or with another policy: the owner's (and tests') call. Every
+/// `None` takes the fleet's own (`now()`, and the policy set by `set_sweep_policy`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SweepOptions {
     pub now: Option<DateTime<Utc>>,
-    pub retention_s: u64,
-    pub worker_timeout_s: u64,
-    pub deadline_slack_s: u64,
-    pub prune_limit: u32,
+    pub retention_s: Option<u64>,
+    pub worker_timeout_s: Option<u64>,
+    pub deadline_slack_s: Option<u64>,
+    pub prune_limit: Option<u32>,
 }
 
-impl Default for SweepOptions {
-    fn default() -> Self {
-        SweepOptions {
-            now: None,
-            retention_s: 7 * 24 * 3600,
-            worker_timeout_s: 60,
-            deadline_slack_s: 30,
-            prune_limit: 10_000,
-        }
-    }
+/// The fleet's sweeper policy (`sweep_policy()`), set by the database owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SweepPolicy {
+    pub retention_s: i64,
+    pub worker_timeout_s: i64,
+    pub deadline_slack_s: i64,
+    pub prune_limit: i32,
 }
 
 /// What one sweep did.
@@ -346,6 +348,9 @@ pub struct SweepReport {
     pub skipped: bool,
     #[serde(default)]
     pub requeued: u64,
+    /// Expired leases of runs whose cancel was pending: ended cancelled, not requeued.
+    #[serde(default)]
+    pub cancelled: u64,
     #[serde(default)]
     pub crash_failed: u64,
     #[serde(default)]

@@ -48,6 +48,10 @@ pub struct WorkerSettings {
     pub shutdown_grace_ms: u64,
     /// A step's SIGTERM → SIGKILL grace unless the step sets its own.
     pub step_grace_ms: u64,
+    /// The SIGTERM → SIGKILL grace when the worker gives a lease up (no heartbeat got through): the
+    /// run is about to start elsewhere, so its processes get at most this long. Registered with the
+    /// worker; the sweeper waits this long past the lease's expiry before it requeues the run.
+    pub lease_loss_grace_ms: u64,
     /// Per-run working directories are made under here.
     pub work_dir: PathBuf,
     /// `/healthz`, `/readyz`, `/metrics`. Port 0 picks a free one.
@@ -75,6 +79,7 @@ impl Default for WorkerSettings {
             poll_interval_ms: 1_000,
             shutdown_grace_ms: 30_000,
             step_grace_ms: 10_000,
+            lease_loss_grace_ms: 500,
             work_dir: std::env::temp_dir().join("runlane-work"),
             listen: "127.0.0.1:9187".into(),
             event_flush_ms: 25,
@@ -127,9 +132,17 @@ pub struct ApiSettings {
     pub signing_key: Option<SecretString>,
     /// How long a signed artifact URL stays valid.
     pub url_ttl_s: u64,
-    /// Requests per second per token (or per address without one), and the burst above it.
+    /// Requests per second per authenticated token, and the burst above it.
     pub rate_per_s: u32,
     pub rate_burst: u32,
+    /// Requests per second per client address, before authentication (what a caller with a bad or
+    /// no token can cost), and the burst above it.
+    pub address_rate_per_s: u32,
+    pub address_rate_burst: u32,
+    /// `/healthz` fails once the database has not answered for this long.
+    pub liveness_bound_ms: u64,
+    /// How often the database is pinged for `/healthz`.
+    pub db_ping_interval_ms: u64,
     /// Largest JSON request body; artifact uploads may be up to 512 MiB.
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (empty: no cross-origin access).
@@ -146,6 +159,10 @@ impl Default for ApiSettings {
             url_ttl_s: 900,
             rate_per_s: 100,
             rate_burst: 400,
+            address_rate_per_s: 500,
+            address_rate_burst: 2000,
+            liveness_bound_ms: 30_000,
+            db_ping_interval_ms: 2_000,
             max_body_bytes: 8 << 20,
             cors_origins: Vec::new(),
             sse_keepalive_ms: 10_000,
@@ -180,25 +197,18 @@ impl Default for DockerSettings {
     }
 }
 
+/// Whether and how often this process sweeps. What a pass does (retention, worker timeout, deadline
+/// slack) is the fleet's policy, kept in the database and set by its owner (`runlane sweep-policy`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperSettings {
     pub enabled: bool,
     pub interval_ms: u64,
-    pub retention_s: u64,
-    pub worker_timeout_s: u64,
-    pub deadline_slack_s: u64,
 }
 
 impl Default for SweeperSettings {
     fn default() -> Self {
-        SweeperSettings {
-            enabled: true,
-            interval_ms: 1_000,
-            retention_s: 7 * 24 * 3600,
-            worker_timeout_s: 60,
-            deadline_slack_s: 30,
-        }
+        SweeperSettings { enabled: true, interval_ms: 1_000 }
     }
 }
 
@@ -265,6 +275,13 @@ impl Settings {
             problems.push(format!(
                 "worker.lease_ms ({}) must be at least 3 × worker.heartbeat_interval_ms ({})",
                 w.lease_ms, w.heartbeat_interval_ms
+            ));
+        }
+        if w.lease_loss_grace_ms > 60_000 {
+            problems.push(format!(
+                "worker.lease_loss_grace_ms ({}) must be at most 60000: a run waits this long past its lease \
+                 before it may start elsewhere",
+                w.lease_loss_grace_ms
             ));
         }
         if w.event_batch_max == 0 || w.event_batch_max > 5000 {

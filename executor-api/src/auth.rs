@@ -108,6 +108,7 @@ impl FromRequestParts<AppState> for Caller {
             _ => Role::Viewer,
         };
         let lanes = lanes.map(|ls| ls.iter().filter_map(|l| l.parse().ok()).collect());
+        crate::limit::take_for_token(state, token_id)?;
         Ok(Caller { token_id, role, lanes })
     }
 }

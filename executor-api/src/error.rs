@@ -68,6 +68,7 @@ impl From<runlane_core::Error> for ApiError {
             E::LeaseLost(m) => ApiError::new(StatusCode::CONFLICT, "lease_lost", m),
             E::NotFound(m) => ApiError::not_found(m),
             E::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            E::WorkerGone(m) => ApiError::new(StatusCode::GONE, "worker_gone", m),
             E::Invalid { message, problems } => ApiError::invalid(message).with_details(json!(problems)),
             E::Unavailable(err) => {
                 tracing::warn!(error = %err, "database unavailable");

@@ -38,7 +38,10 @@ use tower_http::trace::TraceLayer;
 /// Builds the shared state: the notification hub (listening until `stop`), the artifact store, the
 /// URL signer.
 pub async fn state(settings: &Settings, pool: PgPool, stop: CancellationToken) -> Result<AppState, String> {
-    let hub = hub::Hub::start(&pool, stop).await.map_err(|e| format!("listening for notifications: {e}"))?;
+    let hub = hub::Hub::start(&pool, stop.clone()).await.map_err(|e| format!("listening for notifications: {e}"))?;
+    let db_contact = Arc::new(state::DbContact::new());
+    let ping_every = std::time::Duration::from_millis(settings.api.db_ping_interval_ms);
+    tokio::spawn(db_contact.clone().watch(pool.clone(), ping_every, stop));
     let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
     let signer = match &settings.api.signing_key {
         Some(key) => signing::Signer::new(key.expose_secret().as_bytes()),
@@ -49,8 +52,9 @@ pub async fn state(settings: &Settings, pool: PgPool, stop: CancellationToken) -
         hub,
         artifacts,
         signer,
-        limiter: Arc::new(limit::RateLimiter::new(settings.api.rate_per_s, settings.api.rate_burst)),
+        limiter: Arc::new(limit::Limits::new(&settings.api)),
         settings: Arc::new(settings.api.clone()),
+        db_contact,
     })
 }
 

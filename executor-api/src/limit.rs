@@ -1,5 +1,6 @@
-//! A token-bucket rate limit per caller (the bearer token, or the peer without one). Over the
-//! limit: 429 with Retry-After.
+//! Token-bucket rate limits, two of them: per client address on every request, before anything
+//! else (so a caller with made-up tokens costs no database lookup once over it), and per token once
+//! authenticated. Over a limit: 429 with Retry-After.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -44,25 +45,48 @@ impl RateLimiter {
     }
 }
 
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match request.headers().get(axum::http::header::AUTHORIZATION) {
-        Some(auth) => auth.as_bytes().hash(&mut h),
-        None => request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-            .hash(&mut h),
-    }
-    match state.limiter.take(h.finish()) {
-        Ok(()) => next.run(request).await,
-        Err(secs) => {
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down");
-            e.retry_after = Some(secs);
-            e.into_response()
+/// The API's two limits.
+#[derive(Debug)]
+pub struct Limits {
+    pub by_address: RateLimiter,
+    pub by_token: RateLimiter,
+}
+
+impl Limits {
+    pub fn new(s: &runlane_core::settings::ApiSettings) -> Self {
+        Limits {
+            by_address: RateLimiter::new(s.address_rate_per_s, s.address_rate_burst),
+            by_token: RateLimiter::new(s.rate_per_s, s.rate_burst),
         }
     }
+}
+
+/// 429 with Retry-After.
+pub fn too_many(retry_after_s: u64) -> ApiError {
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down");
+    e.retry_after = Some(retry_after_s);
+    e
+}
+
+fn key(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The per-address limit, before authentication.
+pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    match state.limiter.by_address.take(key(&address)) {
+        Ok(()) => next.run(request).await,
+        Err(secs) => too_many(secs).into_response(),
+    }
+}
+
+/// The per-token limit, once the token is known.
+pub fn take_for_token(state: &AppState, token_id: uuid::Uuid) -> Result<(), ApiError> {
+    state.limiter.by_token.take(key(&token_id)).map_err(too_many)
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ fn schemas() -> Value {
         "WorkerRegistration": strict(&["host", "lanes", "slots", "version", "lease_ms"], json!({
             "host": {"type": "string"}, "lanes": lanes, "slots": {"type": "integer", "minimum": 1},
             "version": {"type": "string"}, "capabilities": {"type": "array", "items": {"type": "string"}},
-            "lease_ms": {"type": "integer", "minimum": 100}})),
+            "lease_ms": {"type": "integer", "minimum": 100}, "kill_grace_ms": {"type": "integer", "minimum": 0}})),
         "WorkerRegistered": obj(&["worker_id"], json!({"worker_id": uuid})),
         "WorkerList": obj(&["workers"], json!({"workers": {"type": "array", "items": obj(&["id", "host", "state"], json!({
             "id": uuid, "host": {"type": "string"}, "version": {"type": "string"}, "lanes": {"type": "array"},
@@ -183,7 +183,8 @@ fn schemas() -> Value {
         "FinishStep": strict(&["lease", "status"], json!({
             "lease": uuid, "status": {"type": "string", "enum": ["succeeded", "failed", "cancelled", "timed_out", "skipped"]},
             "exit_code": {"type": "integer"}, "error": {"type": "string"}})),
-        "AppendEvents": strict(&["lease", "events"], json!({"lease": uuid, "events": {"type": "array", "items": new_event}})),
+        "AppendEvents": strict(&["lease", "batch", "events"], json!({"lease": uuid, "batch": {"type": "integer", "minimum": 1},
+            "events": {"type": "array", "items": new_event}})),
         "LastSeqReply": obj(&["last_seq"], json!({"last_seq": {"type": "integer"}})),
         "ArtifactCreated": obj(&["artifact_id"], json!({"artifact_id": uuid})),
         "CompleteRun": strict(&["lease", "outcome"], json!({
@@ -201,6 +202,8 @@ fn schemas() -> Value {
             "default_lane": {"type": "string"}, "params_schema": {}, "steps": {}, "created_at": time}))}})),
         "TemplateSpec": obj(&["steps"], json!({"steps": {"type": "array", "minItems": 1, "items": {"type": "object"}}})),
         "TemplateApplied": obj(&["name", "version"], json!({"name": {"type": "string"}, "version": {"type": "integer"}})),
+        "Live": obj(&["live"], json!({"live": {"type": "boolean"}, "database_age_ms": {"type": "integer"},
+            "bound_ms": {"type": "integer"}})),
         "Ready": obj(&["ready"], json!({"ready": {"type": "boolean"}, "reason": {"type": "string"}})),
         "OpenApi": {"type": "object"},
     })

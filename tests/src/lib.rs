@@ -16,9 +16,12 @@ pub mod docker;
 pub mod process;
 pub mod proxy;
 
+use runlane_core::artifacts::ArtifactStore;
+use runlane_core::broker::PgBroker;
 use runlane_core::db;
 use runlane_core::local_pg::{LocalPg, LocalPgOptions};
 use runlane_core::model::*;
+use runlane_core::settings::ArtifactSettings;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -66,6 +69,17 @@ impl TestDb {
         PgPoolOptions::new().max_connections(max_connections).connect(&self.url).await.expect("connect")
     }
 
+    /// A broker over this database, keeping large artifacts in a store inside the test's cluster
+    /// directory (or a temporary one on a shared server).
+    pub fn broker(&self) -> PgBroker {
+        let dir = match &self.cluster {
+            Some(c) => c.dir().join("artifacts"),
+            None => std::env::temp_dir().join(format!("runlane-test-store-{}", uuid::Uuid::new_v4().simple())),
+        };
+        let settings = ArtifactSettings { local_dir: dir, ..Default::default() };
+        PgBroker::new(self.pool.clone(), ArtifactStore::from_settings(&settings).expect("artifact store"))
+    }
+
     /// Applies a template spec given as JSON.
     pub async fn apply(&self, name: &str, spec: serde_json::Value) -> i32 {
         db::apply_template(&self.pool, name, &spec).await.expect("apply template")
@@ -94,6 +108,7 @@ impl TestDb {
             version: "test".into(),
             capabilities: vec![],
             lease_ms,
+            kill_grace_ms: 0,
         };
         db::register_worker(&self.pool, &reg).await.expect("register worker")
     }

@@ -137,7 +137,7 @@ async fn sse_gives_backlog_then_live_events_resumes_without_gap_and_keeps_alive(
     let lease = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim")[0].lease();
     let line = |s: &str| vec![NewEvent::output(0, Stream::Stdout, s)];
     for i in 0..3 {
-        db::append_events(&t.pool, lease, &line(&format!("backlog {i}"))).await.expect("append");
+        db::append_events(&t.pool, lease, Some(i + 1), &line(&format!("backlog {i}"))).await.expect("append");
     }
     let client = reqwest::Client::new();
     let url = api.url(&format!("/v1/runs/{run}/events/stream"));
@@ -148,9 +148,14 @@ async fn sse_gives_backlog_then_live_events_resumes_without_gap_and_keeps_alive(
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             for i in 0..2 {
-                db::append_events(&pool, lease, &[NewEvent::output(0, Stream::Stdout, format!("live {i}"))])
-                    .await
-                    .expect("append");
+                db::append_events(
+                    &pool,
+                    lease,
+                    Some(4 + i),
+                    &[NewEvent::output(0, Stream::Stdout, format!("live {i}"))],
+                )
+                .await
+                .expect("append");
             }
         })
     };
@@ -170,9 +175,9 @@ async fn sse_gives_backlog_then_live_events_resumes_without_gap_and_keeps_alive(
 
     // Disconnected while more is written; resume from the last id seen.
     for i in 0..3 {
-        db::append_events(&t.pool, lease, &line(&format!("missed {i}"))).await.expect("append");
+        db::append_events(&t.pool, lease, Some(6 + i), &line(&format!("missed {i}"))).await.expect("append");
     }
-    db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await.expect("complete");
+    db::complete_run(&t.pool, lease, Outcome::Cancelled, None, None).await.expect("complete");
     let resp = client.get(&url).bearer_auth(&viewer).header("Last-Event-ID", "7").send().await.expect("resume");
     let second = read_sse(resp, |_| false).await; // the stream ends after run.finished
     assert_eq!(ids(&second), (8..=11).collect::<Vec<_>>(), "no gap and no duplicate after reconnecting");

@@ -1,9 +1,11 @@
 //! The docker executor when the engine is unreachable: the step fails with an error naming the
 //! engine; nothing hangs.
 
+use runlane_core::artifacts::ArtifactStore;
 use runlane_core::broker::PgBroker;
 use runlane_core::db;
 use runlane_core::model::*;
+use runlane_core::settings::ArtifactSettings;
 use runlane_tests::TestDb;
 use runlane_tests::proxy::UnixProxy;
 use runlane_worker::event_writer::{EventWriter, WriterOptions};
@@ -28,11 +30,13 @@ async fn an_unreachable_engine_fails_the_step_naming_the_engine() {
     engine.cut();
 
     let opts = WriterOptions { flush_interval: Duration::from_millis(10), batch_max: 100 };
-    let broker = Arc::new(PgBroker::new(t.pool.clone()));
+    let dir = std::env::temp_dir().join(format!("runlane-docker-unreachable-{}", uuid::Uuid::new_v4().simple()));
+    let store = ArtifactStore::from_settings(&ArtifactSettings { local_dir: dir.join("store"), ..Default::default() })
+        .expect("store");
+    let broker = Arc::new(PgBroker::new(t.pool.clone(), store));
     let lost = CancellationToken::new();
     let (writer, _task) = EventWriter::spawn(broker, claimed.lease(), opts, lost, Arc::new(Metrics::default()));
     let output = RunOutput::new(writer, Masker::default(), 1 << 20, Duration::from_millis(50));
-    let dir = std::env::temp_dir().join(format!("runlane-docker-unreachable-{}", uuid::Uuid::new_v4().simple()));
     let ctx = StepContext {
         run_id: run,
         attempt: claimed.attempt,
@@ -42,11 +46,15 @@ async fn an_unreachable_engine_fails_the_step_naming_the_engine() {
         params: serde_json::json!({}),
         work_dir: dir.clone(),
         artifacts_dir: dir.join("artifacts"),
+        private_dir: dir.join("private"),
         env: vec![],
+        param_files: vec![],
         output: output.for_step(0),
         cancel: CancellationToken::new(),
         timeout: Duration::from_secs(30),
         grace: Duration::from_secs(1),
+        lease_lost: CancellationToken::new(),
+        lease_loss_grace: Duration::from_millis(500),
     };
     let spec: runlane_core::steps::DockerStep =
         serde_json::from_value(serde_json::json!({"image": "runlane-busybox:latest", "command": ["true"]}))
@@ -59,4 +67,5 @@ async fn an_unreachable_engine_fails_the_step_naming_the_engine() {
     ctx.output.finish().await.expect("flush");
     let events = db::read_events(&t.pool, run, 0, 100).await.expect("events");
     assert!(events.iter().any(|e| e.body.as_deref().is_some_and(|b| b.contains("docker engine"))), "{events:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,14 +5,17 @@
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, body::Bytes, extract::State, routing::get, routing::post};
+use runlane_core::artifacts::ArtifactStore;
 use runlane_core::model::*;
-use runlane_core::steps::{HttpStep, ShellStep, StepAction, param_env_name, param_text, parse_steps};
+use runlane_core::settings::ArtifactSettings;
+use runlane_core::steps::{HttpStep, ShellStep, StepAction, parse_steps};
 use runlane_core::{broker::PgBroker, db};
 use runlane_tests::{TestDb, process::wait_until};
 use runlane_worker::event_writer::{EventWriter, WriterOptions};
 use runlane_worker::executors::{
     ArtifactData, Executor, StepContext, StepOutcome, http::HttpExecutor, shell::ShellExecutor,
 };
+use runlane_worker::step_files;
 use runlane_worker::{metrics::Metrics, output::Masker, output::RunOutput, process_group::processes_in_group};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, atomic::AtomicUsize, atomic::Ordering};
@@ -53,17 +56,20 @@ async fn harness(t: &TestDb, step: &Value, params: Value, secrets: &[&str], limi
     let claimed = claimed.into_iter().find(|c| c.run_id == run).expect("our run is claimed");
     db::start_step(&t.pool, claimed.lease(), 0).await.expect("start step");
     let opts = WriterOptions { flush_interval: Duration::from_millis(20), batch_max: 256 };
-    let broker = Arc::new(PgBroker::new(t.pool.clone()));
+    let dir = TempDir(std::env::temp_dir().join(format!("runlane-exec-{}", Uuid::new_v4().simple())));
+    let store =
+        ArtifactStore::from_settings(&ArtifactSettings { local_dir: dir.0.join("store"), ..Default::default() })
+            .expect("artifact store");
+    let broker = Arc::new(PgBroker::new(t.pool.clone(), store));
     let (writer, _task) =
         EventWriter::spawn(broker, claimed.lease(), opts, CancellationToken::new(), Arc::new(Metrics::default()));
     let masker = Masker::new(secrets.iter().map(|s| s.to_string()));
     let output = RunOutput::new(writer, masker, 1 << 20, Duration::from_millis(50));
-    let dir = TempDir(std::env::temp_dir().join(format!("runlane-exec-{}", Uuid::new_v4().simple())));
-    let (work_dir, artifacts_dir) = (dir.0.join("work"), dir.0.join("artifacts"));
-    std::fs::create_dir_all(&work_dir).expect("work dir");
-    std::fs::create_dir_all(&artifacts_dir).expect("artifacts dir");
+    let work_dir = dir.0.join("work");
+    let dirs = step_files::prepare_step_dirs(&work_dir, 0).await.expect("step dirs");
     let mut env = vec![("RUNLANE_RUN_ID".to_string(), run.to_string())];
-    env.extend(params.as_object().into_iter().flatten().map(|(k, v)| (param_env_name(k), param_text(v))));
+    let (param_env, param_files) = step_files::param_env(&params, &dirs.private).await.expect("params");
+    env.extend(param_env);
     let ctx = StepContext {
         run_id: run,
         attempt: claimed.attempt,
@@ -72,12 +78,16 @@ async fn harness(t: &TestDb, step: &Value, params: Value, secrets: &[&str], limi
         step_name: "s".into(),
         params,
         work_dir,
-        artifacts_dir,
+        artifacts_dir: dirs.artifacts,
+        private_dir: dirs.private,
         env,
+        param_files,
         output: output.for_step(0),
         cancel: CancellationToken::new(),
         timeout: limits.0,
         grace: limits.1,
+        lease_lost: CancellationToken::new(),
+        lease_loss_grace: Duration::from_millis(500),
     };
     Harness { pool: t.pool.clone(), run, ctx, _dir: dir }
 }

@@ -1,6 +1,6 @@
 //! The Broker's notice stream: lane wake-ups and cancel requests arrive at once.
 
-use runlane_core::broker::{Broker, Notice, PgBroker};
+use runlane_core::broker::{Broker, Notice};
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
@@ -10,7 +10,7 @@ use std::time::Duration;
 async fn enqueue_and_cancel_reach_subscribers_at_once() {
     let t = TestDb::new().await;
     t.apply_noop().await;
-    let broker = PgBroker::new(t.pool.clone());
+    let broker = t.broker();
     let mut notices = broker.subscribe(&[Lane::B]).await.expect("subscribe");
     let worker = t.register(&[Lane::B], 15_000).await;
 

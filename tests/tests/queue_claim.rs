@@ -31,7 +31,7 @@ async fn eight_claimers_drain_5000_runs_each_claimed_exactly_once() {
                     return mine;
                 }
                 for run in runs {
-                    db::complete_run(&pool, run.lease(), Outcome::Succeeded, None, None).await.expect("complete");
+                    succeed(&pool, run.lease()).await;
                     mine.push(run.run_id);
                 }
             }
@@ -50,6 +50,13 @@ async fn eight_claimers_drain_5000_runs_each_claimed_exactly_once() {
     assert!(busy_claimers > 1, "the work was shared: {busy_claimers} claimers got runs");
     assert_eq!(t.count("SELECT count(*) FROM runlane.runs WHERE status = 'queued'").await, 0);
     assert_eq!(t.count("SELECT count(*) FROM runlane.runs WHERE status = 'succeeded' AND attempt = 1").await, 5000);
+}
+
+/// Runs the claimed no-op run's one step and completes it as succeeded.
+async fn succeed(pool: &sqlx::PgPool, lease: Lease) {
+    db::start_step(pool, lease, 0).await.expect("start");
+    db::finish_step(pool, lease, 0, StepStatus::Succeeded, None, None).await.expect("finish");
+    db::complete_run(pool, lease, Outcome::Succeeded, None, None).await.expect("complete");
 }
 
 #[tokio::test]
@@ -133,7 +140,7 @@ async fn lane_cap_holds_with_four_claimers() {
                 };
                 empty_rounds = 0;
                 tokio::time::sleep(std::time::Duration::from_millis(3)).await; // the run "works"
-                db::complete_run(&pool, run.lease(), Outcome::Succeeded, None, None).await.expect("complete");
+                succeed(&pool, run.lease()).await;
                 got += 1;
             }
             got

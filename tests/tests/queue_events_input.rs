@@ -25,7 +25,7 @@ async fn a_cursor_reader_sees_every_event_once_in_order_while_four_writers_inter
                 let batch: Vec<NewEvent> = (0..1 + (b * 7 + w) % 13)
                     .map(|i| NewEvent::output(0, Stream::Stdout, format!("w{w}-b{b}-{i}")))
                     .collect();
-                db::append_events(&pool, lease, &batch).await.expect("append");
+                db::append_events(&pool, lease, None, &batch).await.expect("append");
                 written += batch.len();
             }
             written
@@ -111,7 +111,7 @@ async fn bad_input_raises_clear_errors_and_writes_nothing() {
         }
     };
     match enqueue("nope", serde_json::json!({}), None).await {
-        Err(Error::NotFound(m)) => assert_eq!(m, "unknown template 'nope' (templates: deploy)"),
+        Err(Error::NotFound(m)) => assert_eq!(m, "unknown template 'nope' (no applied template has a similar name)"),
         other => panic!("unknown template: {other:?}"),
     }
     let ok = serde_json::json!({"service": "api", "replicas": 2});
@@ -139,10 +139,10 @@ async fn bad_input_raises_clear_errors_and_writes_nothing() {
     let lease = db::claim_runs(&t.pool, worker, &[Lane::C], 1, None).await.expect("claim")[0].lease();
     let events_before = t.count("SELECT count(*) FROM runlane.run_events").await;
     let huge: Vec<NewEvent> = (0..5001).map(|i| NewEvent::output(0, Stream::Stdout, format!("line {i}"))).collect();
-    expect_invalid(db::append_events(&t.pool, lease, &huge).await, &["1 to 5000 events, got 5001"]);
+    expect_invalid(db::append_events(&t.pool, lease, Some(1), &huge).await, &["1 to 5000 events, got 5001"]);
     let mut bad = vec![NewEvent::output(0, Stream::Stdout, "fine")];
     bad.push(NewEvent { kind: "Not A Kind".into(), step: None, stream: None, body: None, data: None });
-    expect_invalid(db::append_events(&t.pool, lease, &bad).await, &["event #2 is invalid"]);
+    expect_invalid(db::append_events(&t.pool, lease, Some(1), &bad).await, &["event #2 is invalid"]);
     assert_eq!(t.count("SELECT count(*) FROM runlane.run_events").await, events_before, "no partial batch");
     assert_eq!(db::get_run(&t.pool, run).await.expect("run").status, "running", "the run is untouched");
 }

@@ -18,7 +18,7 @@ fn expect_lease_lost<T: std::fmt::Debug>(what: &str, r: Result<T>) {
 /// Sweeps as if `ahead` had passed.
 async fn sweep_ahead(t: &TestDb, ahead: chrono::Duration) -> SweepReport {
     let opts = SweepOptions { now: Some(Utc::now() + ahead), ..Default::default() };
-    db::sweep(&t.pool, &opts).await.expect("sweep")
+    db::sweep_at(&t.pool, &opts).await.expect("sweep")
 }
 
 #[tokio::test]
@@ -32,7 +32,9 @@ async fn an_expired_lease_is_fenced_off_and_the_second_worker_wins() {
     let claimed = db::claim_runs(&t.pool, first, &[Lane::C], 1, None).await.expect("claim");
     let old = claimed[0].lease();
     db::start_step(&t.pool, old, 0).await.expect("first worker starts the step");
-    db::append_events(&t.pool, old, &[NewEvent::output(0, Stream::Stdout, "first attempt")]).await.expect("append");
+    db::append_events(&t.pool, old, Some(1), &[NewEvent::output(0, Stream::Stdout, "first attempt")])
+        .await
+        .expect("append");
 
     let report = sweep_ahead(&t, chrono::Duration::seconds(2)).await;
     assert_eq!((report.requeued, report.crash_failed), (1, 0), "{report:?}");
@@ -45,7 +47,7 @@ async fn an_expired_lease_is_fenced_off_and_the_second_worker_wins() {
     expect_lease_lost("heartbeat", db::heartbeat_run(&t.pool, old).await);
     expect_lease_lost(
         "append_events",
-        db::append_events(&t.pool, old, &[NewEvent::output(0, Stream::Stdout, "late")]).await,
+        db::append_events(&t.pool, old, Some(2), &[NewEvent::output(0, Stream::Stdout, "late")]).await,
     );
     expect_lease_lost("finish_step", db::finish_step(&t.pool, old, 0, StepStatus::Succeeded, Some(0), None).await);
     expect_lease_lost("complete_run", db::complete_run(&t.pool, old, Outcome::Failed, None, Some("late")).await);
@@ -156,8 +158,115 @@ async fn interrupted_runs_go_back_without_using_an_attempt_and_sweep_is_exclusiv
 
     // A second sweeper while the first holds the lock does nothing.
     let mut tx = t.pool.begin().await.expect("begin");
-    let first = db::sweep(&mut *tx, &SweepOptions::default()).await.expect("sweep");
-    let second = db::sweep(&t.pool, &SweepOptions::default()).await.expect("sweep");
+    let first = db::sweep(&mut *tx).await.expect("sweep");
+    let second = db::sweep(&t.pool).await.expect("sweep");
     tx.commit().await.expect("commit");
     assert!(!first.skipped && second.skipped, "{first:?} {second:?}");
+}
+
+/// Claims the one queued run of `lane` for a new worker (lease 1 s) and asks for its cancel.
+async fn claimed_with_cancel_pending(t: &TestDb, lane: Lane) -> (RunId, Lease) {
+    let worker = t.register(&[lane], 1_000).await;
+    let claimed = db::claim_runs(&t.pool, worker, &[lane], 1, None).await.expect("claim");
+    let lease = claimed[0].lease();
+    assert_eq!(db::cancel_run(&t.pool, lease.run_id, Some("stop it")).await.expect("cancel"), "cancel_requested");
+    (lease.run_id, lease)
+}
+
+async fn assert_cancelled_for_good(t: &TestDb, run: RunId) {
+    let rec = db::get_run(&t.pool, run).await.expect("run");
+    assert_eq!(rec.status, "cancelled", "{rec:?}");
+    assert!(rec.finished_at.is_some());
+    let again = db::claim_runs(&t.pool, t.register(&Lane::ALL, 15_000).await, &Lane::ALL, 10, None).await;
+    assert!(again.expect("claim").is_empty(), "no other attempt starts");
+    let events = db::read_events(&t.pool, run, 0, 100).await.expect("events");
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last.kind.as_str(), last.data.as_ref().map(|d| d["status"].clone())),
+        ("run.finished", Some("cancelled".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_pending_when_the_run_goes_back_to_the_queue_ends_it_cancelled() {
+    let t = TestDb::new().await;
+    t.apply(
+        "retrying",
+        serde_json::json!({"max_attempts": 5, "backoff_base_ms": 0, "steps": [{"name": "s", "kind": "noop"}]}),
+    )
+    .await;
+
+    // The sweeper finds the lease expired.
+    let run = t.enqueue("retrying", Lane::A).await;
+    claimed_with_cancel_pending(&t, Lane::A).await;
+    let report = sweep_ahead(&t, chrono::Duration::seconds(30)).await;
+    assert_eq!((report.requeued, report.cancelled), (0, 1), "{report:?}");
+    assert_cancelled_for_good(&t, run).await;
+
+    // The attempt failed with attempts left.
+    let run = t.enqueue("retrying", Lane::B).await;
+    let (_, lease) = claimed_with_cancel_pending(&t, Lane::B).await;
+    let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
+    assert_eq!(status, RunStatus::Cancelled);
+    assert_cancelled_for_good(&t, run).await;
+
+    // The worker was draining and handed the run back.
+    let run = t.enqueue("retrying", Lane::C).await;
+    let (_, lease) = claimed_with_cancel_pending(&t, Lane::C).await;
+    let status = db::complete_run(&t.pool, lease, Outcome::Interrupted, None, None).await.expect("complete");
+    assert_eq!(status, RunStatus::Cancelled);
+    assert_cancelled_for_good(&t, run).await;
+}
+
+#[tokio::test]
+async fn pruning_never_deletes_a_run_retried_while_the_prune_waited() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let run = t.enqueue("noop", Lane::D).await;
+    db::cancel_run(&t.pool, run, None).await.expect("cancel");
+
+    // An operator retries the run in a transaction that is still open when the prune starts.
+    let mut operator = t.pool.begin().await.expect("begin");
+    db::retry_run(&mut *operator, run).await.expect("retry");
+    let pool = t.pool.clone();
+    let prune = tokio::spawn(async move {
+        let opts = SweepOptions { now: Some(Utc::now() + chrono::Duration::days(30)), ..Default::default() };
+        db::sweep_at(&pool, &opts).await.expect("sweep")
+    });
+    // Give the prune every chance to block on the run's row lock before the retry commits.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%sweep%'";
+    for _ in 0..200 {
+        if prune.is_finished() || t.count(waiting).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    operator.commit().await.expect("commit the retry");
+    let report = prune.await.expect("prune task");
+    assert_eq!(report.pruned, 0, "{report:?}");
+    assert_eq!(t.status(run).await, "queued", "the retried run is still there");
+    let events = db::read_events(&t.pool, run, 0, 100).await.expect("events");
+    assert_eq!(events.first().map(|e| e.kind.as_str()), Some("run.queued"), "its history is whole");
+}
+
+#[tokio::test]
+async fn a_worker_marked_gone_claims_nothing_until_it_registers_again() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let worker = t.register(&[Lane::A], 15_000).await;
+    let report = sweep_ahead(&t, chrono::Duration::minutes(5)).await;
+    assert_eq!(report.workers_gone, 1, "{report:?}");
+    let run = t.enqueue("noop", Lane::A).await;
+    match db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await {
+        Err(Error::WorkerGone(m)) => assert!(m.contains("register"), "{m}"),
+        other => panic!("a gone worker claimed: {other:?}"),
+    }
+    match db::worker_heartbeat(&t.pool, worker, WorkerState::Active, &WorkerUpdate::default()).await {
+        Err(Error::WorkerGone(_)) => {}
+        other => panic!("a heartbeat revived a gone worker: {other:?}"),
+    }
+    assert_eq!(t.status(run).await, "queued");
+    let fresh = t.register(&[Lane::A], 15_000).await;
+    let claimed = db::claim_runs(&t.pool, fresh, &[Lane::A], 1, None).await.expect("claim");
+    assert_eq!(claimed[0].run_id, run, "a re-registered worker claims");
 }

@@ -77,3 +77,27 @@ async fn migrate_is_idempotent_and_refuses_a_newer_schema() {
     }
     assert!(matches!(db::check_schema(&t.pool).await, Err(Error::Schema(_))));
 }
+
+#[tokio::test]
+async fn only_the_owner_moves_the_sweepers_clock_or_retention() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let finished = t.enqueue("noop", runlane_core::model::Lane::D).await;
+    db::cancel_run(&t.pool, finished, None).await.expect("cancel");
+    let live = t.enqueue("noop", runlane_core::model::Lane::A).await;
+    let worker = t.register(&[runlane_core::model::Lane::A], 60_000).await;
+    db::claim_runs(&t.pool, worker, &[runlane_core::model::Lane::A], 1, None).await.expect("claim");
+
+    for role in ["runlane_worker", "runlane_operator", "runlane_api"] {
+        for sql in [
+            "SELECT runlane.sweep(now() + interval '1 day', '0')",
+            "SELECT runlane.sweep_at(now() + interval '1 day', '0')",
+            "SELECT runlane.set_sweep_policy('0', NULL, NULL)",
+        ] {
+            assert!(as_role(&t, role, sql).await.is_some(), "{role} may not run {sql}");
+        }
+        assert_eq!(as_role(&t, role, "SELECT runlane.sweep()").await, None, "{role} sweeps by the fleet's policy");
+    }
+    assert_eq!(t.status(live).await, "running", "nobody requeued the live run");
+    assert_eq!(t.status(finished).await, "cancelled", "nobody pruned the history");
+}

@@ -40,21 +40,26 @@ impl Daemon {
         capacity: watch::Receiver<Capacity>,
     ) -> Result<Daemon, String> {
         runlane_core::db::check_schema(&pool).await.map_err(|e| e.to_string())?;
-        let broker = Arc::new(PgBroker::new(pool.clone()));
-        Daemon::start_with(settings, broker, Some(pool), shutdown, capacity).await
+        let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
+        let broker = Arc::new(PgBroker::new(pool.clone(), artifacts.clone()));
+        Daemon::start_with(settings, broker, Some((pool, artifacts)), shutdown, capacity).await
     }
 
     /// A worker on any broker (the executor API, for one without database credentials). The
-    /// sweeper runs only with a pool.
+    /// sweeper runs only with a pool (and the artifact store whose pruned objects it deletes).
     pub async fn start_with<B: Broker>(
         settings: Settings,
         broker: Arc<B>,
-        sweeper_pool: Option<PgPool>,
+        sweeper: Option<(PgPool, ArtifactStore)>,
         shutdown: Shutdown,
         capacity: watch::Receiver<Capacity>,
     ) -> Result<Daemon, String> {
         let metrics = Arc::new(Metrics::default());
-        let artifacts = ArtifactStore::from_settings(&settings.artifacts)?;
+        // Bound first: a second worker on a taken port stops here, before it registers.
+        let listener = health::bind(&settings.worker.listen).await.map_err(|e| {
+            format!("worker.listen {}: {e} (each worker on a host needs its own health port)", settings.worker.listen)
+        })?;
+        let health_addr = listener.local_addr().map_err(|e| format!("worker.listen: {e}"))?;
         let docker = connect_docker(&settings, &*broker).await;
         let executors = Executors { shell: ShellExecutor, http: HttpExecutor::new()?, noop: NoopExecutor, docker };
         std::fs::create_dir_all(&settings.worker.work_dir)
@@ -68,10 +73,9 @@ impl Daemon {
             .collect();
         let shared = Shared {
             broker,
-            worker_id: WorkerId(uuid::Uuid::nil()),
+            worker_id: std::sync::RwLock::new(WorkerId(uuid::Uuid::nil())),
             settings: settings.worker.clone(),
             metrics: metrics.clone(),
-            artifacts,
             executors,
             secret_env_values,
         };
@@ -82,15 +86,14 @@ impl Daemon {
             Worker::register(shared, capabilities).await.map_err(|e| format!("registering the worker: {e}"))?;
         let worker_id = worker.id();
         let stopped = CancellationToken::new();
-        let health_addr = health::serve(&settings.worker.listen, metrics.clone(), stopped.clone())
-            .await
-            .map_err(|e| format!("worker.listen {}: {e}", settings.worker.listen))?;
+        let liveness_bound = std::time::Duration::from_millis(settings.worker.lease_ms);
+        health::serve(listener, metrics.clone(), liveness_bound, stopped.clone());
         if let Some((docker, fleet)) = docker {
             let every = std::time::Duration::from_millis(settings.docker.reap_interval_ms);
             tokio::spawn(reap_loop(docker, broker, fleet, every, stopped.clone()));
         }
-        if let Some(pool) = sweeper_pool.filter(|_| settings.sweeper.enabled) {
-            tokio::spawn(sweeper::run(pool, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
+        if let Some((pool, store)) = sweeper.filter(|_| settings.sweeper.enabled) {
+            tokio::spawn(sweeper::run(pool, store, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
         }
         let task = tokio::spawn(async move {
             let result = worker.run(shutdown, capacity).await;

@@ -1,6 +1,8 @@
 //! The per-run event writer: a bounded queue in front of `append_events`. It batches what the run's
 //! steps produce and writes a batch when `batch_max` events wait or `flush_interval` has passed since
-//! the first of them: one round trip per batch. A lost lease stops it and fires `lease_lost`.
+//! the first of them: one round trip per batch. Batches are numbered 1, 2, 3 … within the attempt,
+//! so a batch sent again after a lost reply is written once. A lost lease stops it and fires
+//! `lease_lost`.
 
 use crate::metrics::Metrics;
 use runlane_core::Error;
@@ -82,6 +84,7 @@ async fn write_loop<B: Broker>(
     let mut batch: Vec<NewEvent> = Vec::with_capacity(opts.batch_max);
     let mut acks: Vec<oneshot::Sender<Result<(), WriteError>>> = Vec::new();
     let mut lost = false;
+    let mut batch_no = 0;
     loop {
         let Some(first) = rx.recv().await else { break };
         let deadline = Instant::now() + opts.flush_interval;
@@ -108,7 +111,8 @@ async fn write_loop<B: Broker>(
             };
         }
         if !batch.is_empty() && !lost {
-            lost = !write_batch(&*broker, lease, &batch, &lease_lost, &metrics).await;
+            batch_no += 1;
+            lost = !write_batch(&*broker, lease, batch_no, &batch, &lease_lost, &metrics).await;
         }
         batch.clear();
         let answer = if lost { Err(WriteError::LeaseLost) } else { Ok(()) };
@@ -122,13 +126,14 @@ async fn write_loop<B: Broker>(
 async fn write_batch<B: Broker>(
     broker: &B,
     lease: Lease,
+    batch_no: i32,
     batch: &[NewEvent],
     lease_lost: &CancellationToken,
     metrics: &Metrics,
 ) -> bool {
     let mut pause = Duration::from_millis(100);
     loop {
-        match broker.append_events(lease, batch).await {
+        match broker.append_events(lease, batch_no, batch).await {
             Ok(_) => {
                 metrics.events_written.add(batch.len() as u64);
                 return true;

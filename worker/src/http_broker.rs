@@ -3,8 +3,8 @@
 //! (`409 lease_lost` → `LeaseLost`, 5xx and connection trouble → `Unavailable`).
 
 use reqwest::{Method, StatusCode};
+use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::broker::{Broker, Notice};
-use runlane_core::db::NewArtifact;
 use runlane_core::model::*;
 use runlane_core::{Error, Result};
 use serde::Serialize;
@@ -64,6 +64,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> Error {
     let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}"));
     match (status, code.as_str()) {
         (_, "lease_lost") => Error::LeaseLost(message),
+        (_, "worker_gone") => Error::WorkerGone(message),
         (StatusCode::NOT_FOUND, _) => Error::NotFound(message),
         (StatusCode::CONFLICT, _) => Error::Conflict(message),
         (StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST, _) => {
@@ -86,7 +87,8 @@ impl Broker for HttpBroker {
             .post(
                 "/v1/workers",
                 json!({"host": reg.host, "lanes": lane_names(&reg.lanes), "slots": reg.slots,
-                "version": reg.version, "capabilities": reg.capabilities, "lease_ms": reg.lease_ms}),
+                "version": reg.version, "capabilities": reg.capabilities, "lease_ms": reg.lease_ms,
+                "kill_grace_ms": reg.kill_grace_ms}),
             )
             .await?;
         serde_json::from_value(v["worker_id"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
@@ -137,22 +139,25 @@ impl Broker for HttpBroker {
         Ok(v["seq"].as_i64().unwrap_or_default())
     }
 
-    async fn append_events(&self, lease: Lease, events: &[NewEvent]) -> Result<i64> {
+    async fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> Result<i64> {
         let v: Value = self
-            .post(&format!("/v1/runs/{}/events", lease.run_id), json!({"lease": lease.token, "events": events}))
+            .post(
+                &format!("/v1/runs/{}/events", lease.run_id),
+                json!({"lease": lease.token, "batch": batch, "events": events}),
+            )
             .await?;
         Ok(v["last_seq"].as_i64().unwrap_or_default())
     }
 
-    async fn put_artifact(&self, lease: Lease, a: &NewArtifact<'_>) -> Result<ArtifactId> {
-        let Some(bytes) = a.inline_data else {
-            return Err(Error::Schema("over HTTP, artifacts are uploaded as bytes (the API stores them)".into()));
-        };
+    /// The bytes go to the API, which stores them where it keeps artifacts (inline or its object store).
+    async fn put_artifact(&self, lease: Lease, a: &ArtifactBytes<'_>) -> Result<ArtifactId, ArtifactError> {
+        let queue = |e: Error| ArtifactError::Queue { name: a.name.to_string(), source: e };
         let mut url = reqwest::Url::parse(&format!("{}/v1/runs/{}/artifacts/", self.base, lease.run_id))
-            .map_err(|e| Error::Schema(e.to_string()))?;
-        url.path_segments_mut().map_err(|_| Error::Schema("bad base URL".into()))?.pop_if_empty().push(a.name);
+            .map_err(|e| queue(Error::Schema(e.to_string())))?;
+        url.path_segments_mut().map_err(|_| queue(Error::Schema("bad base URL".into())))?.pop_if_empty().push(a.name);
         url.query_pairs_mut()
             .append_pair("lease", &lease.token.to_string())
+            .append_pair("id", &a.id.to_string())
             .append_pair("content_type", a.content_type);
         if let Some(step) = a.step {
             url.query_pairs_mut().append_pair("step", &step.to_string());
@@ -161,17 +166,17 @@ impl Broker for HttpBroker {
             .client
             .put(url)
             .bearer_auth(&self.token)
-            .body(bytes.to_vec())
+            .body(a.bytes.clone())
             .send()
             .await
-            .map_err(|e| Error::Unavailable(Box::new(e)))?;
+            .map_err(|e| queue(Error::Unavailable(Box::new(e))))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| Error::Unavailable(Box::new(e)))?;
+        let body = resp.bytes().await.map_err(|e| queue(Error::Unavailable(Box::new(e))))?;
         if !status.is_success() {
-            return Err(api_error(status, &body));
+            return Err(queue(api_error(status, &body)));
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| Error::Unavailable(Box::new(e)))?;
-        serde_json::from_value(v["artifact_id"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
+        let v: Value = serde_json::from_slice(&body).map_err(|e| queue(Error::Unavailable(Box::new(e))))?;
+        serde_json::from_value(v["artifact_id"].clone()).map_err(|e| queue(Error::Unavailable(Box::new(e))))
     }
 
     async fn complete_run(
@@ -184,11 +189,6 @@ impl Broker for HttpBroker {
         let body = strip_nulls(json!({"lease": lease.token, "outcome": outcome, "result": result, "error": error}));
         let v: Value = self.post(&format!("/v1/runs/{}/complete", lease.run_id), body).await?;
         v["status"].as_str().unwrap_or_default().parse().map_err(Error::Schema)
-    }
-
-    async fn sweep(&self, _opts: &SweepOptions) -> Result<SweepReport> {
-        // The API server sweeps; an HTTP worker has nothing to do here.
-        Ok(SweepReport { skipped: true, ..Default::default() })
     }
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {

@@ -1,8 +1,14 @@
 //! Holding a lease: the heartbeat that renews it (and hears of cancellation), giving it up by the
-//! worker's own clock when no heartbeat gets through, and retrying queue calls while the database
-//! is briefly away — until the lease is given up.
+//! worker's own clock before the database can let it expire, and retrying queue calls while the
+//! database is briefly away — until the lease is given up.
+//!
+//! The database sets a lease's expiry to `lease_ms` after it commits a renewal, which is after the
+//! worker sent it. So the expiry is never earlier than `lease_ms` after the last renewal that got
+//! through was *sent*. The worker gives the lease up one heartbeat interval before that point, on a
+//! timer of its own: the run's processes are stopping before the lease can expire, and the sweeper
+//! waits the worker's kill grace past the expiry before the run may start elsewhere.
 
-use crate::run_task::Shared;
+use crate::metrics::Metrics;
 use runlane_core::broker::Broker;
 use runlane_core::model::Lease;
 use runlane_core::{Error, Result};
@@ -12,57 +18,90 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Renews the lease every heartbeat interval. A refused renewal — or none reaching the queue for a
-/// whole lease — means the run is no longer ours: `lease_lost` fires and the run is aborted.
+/// How a run's lease is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimings {
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+}
+
+impl LeaseTimings {
+    /// When to give the lease up, given when the last renewal that got through was sent.
+    pub fn give_up_at(&self, sent: Instant) -> Instant {
+        sent + self.lease.saturating_sub(self.heartbeat_interval)
+    }
+}
+
+/// What the heartbeat of one run reports to.
+#[derive(Debug, Clone)]
+pub struct LeaseSignals {
+    /// Cancellation was requested (the heartbeat's answer).
+    pub cancel: CancellationToken,
+    /// The run is no longer ours: refused, or given up.
+    pub lease_lost: CancellationToken,
+    /// The run task is done with the lease.
+    pub done: CancellationToken,
+}
+
+/// Renews the lease every heartbeat interval until `done`. `claim_sent`: when the claim that took
+/// the lease was sent (the lease's first renewal, in effect).
 pub async fn heartbeat_loop<B: Broker>(
-    shared: Arc<Shared<B>>,
+    broker: Arc<B>,
+    metrics: Arc<Metrics>,
+    timings: LeaseTimings,
     lease: Lease,
-    cancel: CancellationToken,
-    lease_lost: CancellationToken,
-    done: CancellationToken,
+    claim_sent: Instant,
+    signals: LeaseSignals,
 ) {
-    let every = Duration::from_millis(shared.settings.heartbeat_interval_ms);
-    let lease_for = Duration::from_millis(shared.settings.lease_ms);
-    let mut last_ok = Instant::now();
+    let every = timings.heartbeat_interval;
+    let mut give_up_at = timings.give_up_at(claim_sent);
     let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let give_up = |signals: &LeaseSignals| {
+        tracing::warn!("no heartbeat got through in time: giving the run up before its lease can expire");
+        signals.lease_lost.cancel();
+    };
     loop {
         tokio::select! {
             biased;
-            _ = done.cancelled() => return,
-            _ = lease_lost.cancelled() => return,
+            _ = signals.done.cancelled() => return,
+            _ = signals.lease_lost.cancelled() => return,
+            _ = tokio::time::sleep_until(give_up_at) => return give_up(&signals),
             _ = ticker.tick() => {}
         }
-        match tokio::time::timeout(every, shared.broker.heartbeat_run(lease)).await {
+        let sent = Instant::now();
+        let reply = tokio::select! {
+            biased;
+            _ = signals.done.cancelled() => return,
+            _ = tokio::time::sleep_until(give_up_at) => return give_up(&signals),
+            reply = tokio::time::timeout(every, broker.heartbeat_run(lease)) => reply,
+        };
+        match reply {
             Ok(Ok(reply)) => {
-                last_ok = Instant::now();
-                if reply.cancel_requested && !cancel.is_cancelled() {
+                give_up_at = give_up_at.max(timings.give_up_at(sent));
+                if reply.cancel_requested && !signals.cancel.is_cancelled() {
                     tracing::info!("cancel requested (heartbeat)");
-                    cancel.cancel();
+                    signals.cancel.cancel();
                 }
             }
             Ok(Err(Error::LeaseLost(_))) => {
-                lease_lost.cancel();
+                signals.lease_lost.cancel();
                 return;
             }
             failed => {
-                shared.metrics.heartbeat_failures.inc();
+                metrics.heartbeat_failures.inc();
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".to_string(),
                 };
                 tracing::warn!(error = %why, "heartbeat failed");
-                if last_ok.elapsed() >= lease_for {
-                    tracing::warn!("no heartbeat reached the queue for a whole lease: giving the run up");
-                    lease_lost.cancel();
-                    return;
-                }
             }
         }
     }
 }
 
-/// Retries a queue call while the database is unreachable, until the lease is given up.
+/// Retries a queue call while the database is unreachable, until the lease is given up. The calls
+/// are safe to repeat: a retry after a lost reply gets the first answer.
 pub async fn persist<T, F, Fut>(lease_lost: &CancellationToken, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -98,5 +137,17 @@ pub async fn link(from: CancellationToken, to: CancellationToken, done: Cancella
     tokio::select! {
         _ = from.cancelled() => to.cancel(),
         _ = done.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_given_up_a_heartbeat_before_its_earliest_expiry() {
+        let t = LeaseTimings { heartbeat_interval: Duration::from_millis(500), lease: Duration::from_millis(2000) };
+        let sent = Instant::now();
+        assert_eq!(t.give_up_at(sent) - sent, Duration::from_millis(1500));
     }
 }

@@ -7,6 +7,7 @@
 //! - [`worker`]: the process: registration, the claim loop, signals, drain.
 //! - [`run_task`]: one run from claim to completion: steps in order, heartbeats, cancel, `always` steps.
 //! - [`lease`]: heartbeats, giving a lease up by the worker's own clock, retrying queue calls.
+//! - [`step_files`]: a run's directories on disk, large params as files, artifact uploads.
 //! - [`executors`]: one file per step kind behind the `Executor` trait.
 //! - [`containers`]: the Docker engine: connection, orphan reaping, importing a local image.
 //! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
@@ -27,5 +28,6 @@ pub mod metrics;
 pub mod output;
 pub mod process_group;
 pub mod run_task;
+pub mod step_files;
 pub mod sweeper;
 pub mod worker;

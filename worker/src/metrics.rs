@@ -38,7 +38,7 @@ impl Gauge {
 /// Run durations, seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0];
 const FINAL: [RunStatus; 4] = [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled, RunStatus::Queued];
-const SWEEP_ACTIONS: [&str; 4] = ["requeued", "crash_failed", "deadline_failed", "pruned"];
+const SWEEP_ACTIONS: [&str; 5] = ["requeued", "cancelled", "crash_failed", "deadline_failed", "pruned"];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -77,12 +77,22 @@ pub struct Metrics {
     pub leases_lost: Counter,
     pub events_written: Counter,
     pub events_dropped: Counter,
-    pub sweeper_actions: [Counter; 4],
+    pub sweeper_actions: [Counter; 5],
     pub sweeper_leader: Gauge,
-    /// 1 while the worker accepts claims (not draining, database reachable).
+    /// 1 while the worker accepts claims (not draining).
     pub ready: Gauge,
+    /// 1 while the queue answered the worker's last call about itself (its heartbeat or a claim).
+    pub queue_reachable: Gauge,
+    /// When the worker's own heartbeat last got through ([`uptime_ms`]; 0: never).
+    pub last_heartbeat_ok_ms: Gauge,
     /// 1 while this worker's Docker engine answers (docker steps are claimed only then).
     pub docker_available: Gauge,
+}
+
+/// Milliseconds since this process first asked: a monotonic clock for "how long ago".
+pub fn uptime_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as i64 + 1
 }
 
 fn lane_index(lane: &str) -> usize {
@@ -102,8 +112,13 @@ impl Metrics {
         self.run_duration[l].observe(secs);
     }
 
+    /// The queue answered (`true`) or could not be reached.
+    pub fn queue_contact(&self, ok: bool) {
+        self.queue_reachable.set(i64::from(ok));
+    }
+
     pub fn swept(&self, report: &runlane_core::model::SweepReport) {
-        let counts = [report.requeued, report.crash_failed, report.deadline_failed, report.pruned];
+        let counts = [report.requeued, report.cancelled, report.crash_failed, report.deadline_failed, report.pruned];
         for (c, n) in self.sweeper_actions.iter().zip(counts) {
             c.add(n);
         }

@@ -1,24 +1,25 @@
 //! One run, from claim to completion: its steps in order, a heartbeat that renews the lease (and
 //! learns of cancellation), `always` steps after a failure or cancel, and the final `complete_run`.
-//! Nothing is held open in the database while a step runs: every write carries the lease.
+//! Nothing is held open in the database while a step runs: every write carries the lease, and every
+//! write is safe to repeat after a lost reply. A step the queue could not record fails the run.
 
 use crate::event_writer::{EventWriter, WriterOptions};
 use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
 use crate::executors::shell::ShellExecutor;
-use crate::executors::{ArtifactData, Executor, ProducedArtifact, StepContext, StepOutcome};
-use crate::lease::{heartbeat_loop, link, persist};
+use crate::executors::{Executor, StepContext, StepOutcome};
+use crate::lease::{LeaseSignals, LeaseTimings, heartbeat_loop, link, persist};
 use crate::metrics::Metrics;
 use crate::output::{Masker, RunOutput};
-use runlane_core::artifacts::{ArtifactBytes, ArtifactError, ArtifactStore, MAX_ARTIFACT_BYTES};
+use crate::step_files;
 use runlane_core::broker::Broker;
 use runlane_core::model::*;
 use runlane_core::settings::WorkerSettings;
 use runlane_core::steps::{self, StepAction, StepSpec};
 use runlane_core::{Error, Result};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,13 +39,27 @@ pub struct Executors {
 #[derive(Debug)]
 pub struct Shared<B> {
     pub broker: Arc<B>,
-    pub worker_id: WorkerId,
+    /// This process's registration; replaced when the worker had to register again (it was marked
+    /// gone). A std lock: read in a few places, written once in a long while, never across an await.
+    pub worker_id: RwLock<WorkerId>,
     pub settings: WorkerSettings,
     pub metrics: Arc<Metrics>,
-    pub artifacts: ArtifactStore,
     pub executors: Executors,
     /// Values of the env vars named in `worker.secret_env`: masked like secret params.
     pub secret_env_values: Vec<String>,
+}
+
+impl<B> Shared<B> {
+    pub fn worker_id(&self) -> WorkerId {
+        *self.worker_id.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lease_timings(&self) -> LeaseTimings {
+        LeaseTimings {
+            heartbeat_interval: Duration::from_millis(self.settings.heartbeat_interval_ms),
+            lease: Duration::from_millis(self.settings.lease_ms),
+        }
+    }
 }
 
 /// How the worker reaches a running run.
@@ -65,13 +80,23 @@ pub enum RunEnd {
     LeaseLost,
 }
 
-/// Executes a claimed run to its end.
-pub async fn execute<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signals: RunSignals) -> RunEnd {
+/// Executes a claimed run to its end. `claim_sent`: when the claim that leased it was sent.
+pub async fn execute<B: Broker>(
+    shared: Arc<Shared<B>>,
+    run: ClaimedRun,
+    signals: RunSignals,
+    claim_sent: Instant,
+) -> RunEnd {
     let span = tracing::info_span!("run", run_id = %run.run_id, lane = %run.lane, attempt = run.attempt);
-    execute_inner(shared, run, signals).instrument(span).await
+    execute_inner(shared, run, signals, claim_sent).instrument(span).await
 }
 
-async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signals: RunSignals) -> RunEnd {
+async fn execute_inner<B: Broker>(
+    shared: Arc<Shared<B>>,
+    run: ClaimedRun,
+    signals: RunSignals,
+    claim_sent: Instant,
+) -> RunEnd {
     let started = Instant::now();
     let lease = run.lease();
     let settings = &shared.settings;
@@ -95,16 +120,30 @@ async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signa
             .chain(shared.secret_env_values.iter().cloned()),
     );
     let output = RunOutput::new(writer.clone(), masker, settings.output_cap_bytes, Duration::from_millis(200));
-    let heartbeat =
-        tokio::spawn(heartbeat_loop(shared.clone(), lease, signals.cancel.clone(), lease_lost.clone(), done.clone()));
+    let lease_signals =
+        LeaseSignals { cancel: signals.cancel.clone(), lease_lost: lease_lost.clone(), done: done.clone() };
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        shared.broker.clone(),
+        shared.metrics.clone(),
+        shared.lease_timings(),
+        lease,
+        claim_sent,
+        lease_signals,
+    ));
 
     let work_dir = settings.work_dir.join(format!("{}-{}", run.run_id, run.attempt));
     let deadline = started + Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
     let verdict = match steps::parse_steps(&run.steps) {
         Ok(specs) => {
-            let mut steps =
-                StepRunner { shared: &shared, run: &run, output: &output, work_dir: work_dir.clone(), deadline };
-            steps.run_all(&specs, &signals.cancel, &abort, &lease_lost).await
+            let mut steps = StepRunner {
+                shared: &shared,
+                run: &run,
+                output: &output,
+                work_dir: work_dir.clone(),
+                deadline,
+                lease_lost: lease_lost.clone(),
+            };
+            steps.run_all(&specs, &signals.cancel, &abort).await
         }
         Err(e) => Verdict::Failed(format!("the run's steps are invalid: {e}")),
     };
@@ -115,8 +154,7 @@ async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signa
     drop(output);
     drop(writer);
     let _ = writer_task.await;
-    let _ = tokio::fs::remove_dir_all(&work_dir).await;
-    let _ = tokio::fs::remove_dir_all(work_dir.with_extension("artifacts")).await;
+    step_files::remove_run_dirs(&work_dir).await;
 
     if lease_lost.is_cancelled() {
         shared.metrics.leases_lost.inc();
@@ -133,8 +171,7 @@ async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signa
         }
     };
     let error = error.map(|e| masker.mask(&e));
-    let broker = &shared.broker;
-    match persist(&lease_lost, || broker.complete_run(lease, outcome, None, error.as_deref())).await {
+    match complete(&shared, lease, outcome, error, &lease_lost).await {
         Ok(status) => {
             shared.metrics.finished(&run.lane, status, started.elapsed().as_secs_f64());
             tracing::info!(%status, "run attempt ended");
@@ -147,6 +184,25 @@ async fn execute_inner<B: Broker>(shared: Arc<Shared<B>>, run: ClaimedRun, signa
             shared.metrics.leases_lost.inc();
             RunEnd::LeaseLost
         }
+    }
+}
+
+/// Ends the attempt. Should the queue refuse success (a step of the attempt is not recorded as
+/// succeeded), the attempt fails with the queue's reason instead.
+async fn complete<B: Broker>(
+    shared: &Shared<B>,
+    lease: Lease,
+    outcome: Outcome,
+    error: Option<String>,
+    lease_lost: &CancellationToken,
+) -> Result<RunStatus> {
+    let broker = &shared.broker;
+    match persist(lease_lost, || broker.complete_run(lease, outcome, None, error.as_deref())).await {
+        Err(Error::Conflict(why)) if outcome == Outcome::Succeeded => {
+            tracing::error!(%why, "the queue refused success; failing the attempt");
+            persist(lease_lost, || broker.complete_run(lease, Outcome::Failed, None, Some(&why))).await
+        }
+        other => other,
     }
 }
 
@@ -164,16 +220,11 @@ struct StepRunner<'a, B> {
     output: &'a RunOutput,
     work_dir: PathBuf,
     deadline: Instant,
+    lease_lost: CancellationToken,
 }
 
 impl<B: Broker> StepRunner<'_, B> {
-    async fn run_all(
-        &mut self,
-        specs: &[StepSpec],
-        cancel: &CancellationToken,
-        abort: &CancellationToken,
-        lease_lost: &CancellationToken,
-    ) -> Verdict {
+    async fn run_all(&mut self, specs: &[StepSpec], cancel: &CancellationToken, abort: &CancellationToken) -> Verdict {
         let mut failure: Option<String> = None;
         for (i, spec) in specs.iter().enumerate() {
             if abort.is_cancelled() {
@@ -189,9 +240,15 @@ impl<B: Broker> StepRunner<'_, B> {
             };
             // Cleanup steps after a cancel still stop on abort (lease lost, interrupt).
             let token = if spec.always { abort.child_token() } else { cancel.child_token() };
-            let outcome = match self.run_step(i as i32, spec, left, token, lease_lost).await {
+            let outcome = match self.run_step(i as i32, spec, left, token).await {
                 Ok(outcome) => outcome,
-                Err(_) => break, // the lease is gone: write nothing more
+                Err(Error::LeaseLost(_)) => break, // the run is someone else's: write nothing more
+                Err(e) => {
+                    // The queue refused to record the step: the run must not succeed.
+                    tracing::error!(step = i, error = %e, "could not record the step");
+                    failure.get_or_insert(format!("step '{}' could not be recorded: {e}", spec.name));
+                    continue;
+                }
             };
             if outcome.status != StepStatus::Succeeded
                 && !spec.continue_on_error
@@ -215,18 +272,17 @@ impl<B: Broker> StepRunner<'_, B> {
         spec: &StepSpec,
         left: Duration,
         token: CancellationToken,
-        lease_lost: &CancellationToken,
     ) -> Result<StepOutcome> {
         let broker = &self.shared.broker;
         let lease = self.run.lease();
-        persist(lease_lost, || broker.start_step(lease, index)).await?;
-        let ctx = self.context(index, spec, left, token).await;
-        let outcome = match ctx {
+        persist(&self.lease_lost, || broker.start_step(lease, index)).await?;
+        let outcome = match self.context(index, spec, left, token).await {
             Ok(ctx) => {
                 let outcome = dispatch(self.shared.clone(), spec.action.clone(), ctx.clone()).await;
                 let _ = ctx.output.finish().await;
                 for artifact in &outcome.artifacts {
-                    if let Err(e) = self.save_artifact(index, artifact).await {
+                    let saved = step_files::save_artifact(&**broker, lease, index, artifact, &self.lease_lost).await;
+                    if let Err(e) = saved {
                         if e.is_lease_lost() {
                             return Err(Error::LeaseLost(e.to_string()));
                         }
@@ -239,35 +295,11 @@ impl<B: Broker> StepRunner<'_, B> {
             Err(e) => StepOutcome::failed(None, format!("could not prepare the step: {e}")),
         };
         let error = outcome.error.as_deref().map(|e| self.output.masker().mask(e));
-        persist(lease_lost, || broker.finish_step(lease, index, outcome.status, outcome.exit_code, error.as_deref()))
-            .await?;
+        persist(&self.lease_lost, || {
+            broker.finish_step(lease, index, outcome.status, outcome.exit_code, error.as_deref())
+        })
+        .await?;
         Ok(outcome)
-    }
-
-    async fn save_artifact(&self, index: i32, artifact: &ProducedArtifact) -> Result<ArtifactId, ArtifactError> {
-        let bytes = match &artifact.data {
-            ArtifactData::Bytes(b) => b.clone(),
-            ArtifactData::File(path) => {
-                let size = tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
-                if size > MAX_ARTIFACT_BYTES {
-                    return Err(ArtifactError::TooLarge { name: artifact.name.clone(), size });
-                }
-                tokio::fs::read(path)
-                    .await
-                    .map_err(|e| ArtifactError::Read { name: artifact.name.clone(), source: e })?
-            }
-        };
-        let broker = &*self.shared.broker;
-        let (lease, attempt) = (self.run.lease(), self.run.attempt);
-        self.shared
-            .artifacts
-            .save(
-                broker,
-                lease,
-                attempt,
-                ArtifactBytes { step: Some(index), name: &artifact.name, content_type: &artifact.content_type, bytes },
-            )
-            .await
     }
 
     async fn context(
@@ -277,9 +309,7 @@ impl<B: Broker> StepRunner<'_, B> {
         left: Duration,
         token: CancellationToken,
     ) -> std::io::Result<StepContext> {
-        let artifacts_dir = self.work_dir.with_extension("artifacts").join(format!("step-{index}"));
-        tokio::fs::create_dir_all(&self.work_dir).await?;
-        tokio::fs::create_dir_all(&artifacts_dir).await?;
+        let dirs = step_files::prepare_step_dirs(&self.work_dir, index).await?;
         let run = self.run;
         let mut env = vec![
             ("RUNLANE_RUN_ID".to_string(), run.run_id.to_string()),
@@ -289,25 +319,29 @@ impl<B: Broker> StepRunner<'_, B> {
             ("RUNLANE_STEP".to_string(), index.to_string()),
             ("RUNLANE_STEP_NAME".to_string(), spec.name.clone()),
         ];
-        if let Some(params) = run.params.as_object() {
-            env.extend(params.iter().map(|(k, v)| (steps::param_env_name(k), steps::param_text(v))));
-        }
+        let (param_env, param_files) = step_files::param_env(&run.params, &dirs.private).await?;
+        env.extend(param_env);
         let timeout = spec.timeout_ms.map(Duration::from_millis).map_or(left, |t| t.min(left));
-        let grace = Duration::from_millis(spec.cancel_grace_ms.unwrap_or(self.shared.settings.step_grace_ms));
+        let settings = &self.shared.settings;
+        let grace = Duration::from_millis(spec.cancel_grace_ms.unwrap_or(settings.step_grace_ms));
         Ok(StepContext {
             run_id: run.run_id,
             attempt: run.attempt,
-            worker_id: self.shared.worker_id,
+            worker_id: self.shared.worker_id(),
             step: index,
             step_name: spec.name.clone(),
             params: run.params.clone(),
             work_dir: self.work_dir.clone(),
-            artifacts_dir,
+            artifacts_dir: dirs.artifacts,
+            private_dir: dirs.private,
             env,
+            param_files,
             output: self.output.for_step(index),
             cancel: token,
             timeout,
             grace,
+            lease_lost: self.lease_lost.clone(),
+            lease_loss_grace: Duration::from_millis(settings.lease_loss_grace_ms),
         })
     }
 }

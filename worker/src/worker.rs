@@ -1,15 +1,18 @@
 //! The worker process: registers, claims runs into free slots (woken by NOTIFY, with a fallback
 //! poll), runs each in its own task, keeps its `workers` row alive, and drains on shutdown:
-//! stop claiming, let runs finish within the grace, then interrupt and hand them back.
+//! stop claiming, let runs finish within the grace, then interrupt and hand them back. A worker the
+//! sweeper marked gone (silent past the worker timeout) registers again under a fresh id.
 
+use crate::metrics::uptime_ms;
 use crate::run_task::{self, RunSignals, Shared};
-use runlane_core::Result;
 use runlane_core::broker::{Broker, Notice};
 use runlane_core::model::*;
+use runlane_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,18 +34,20 @@ pub struct Capacity {
 #[derive(Debug)]
 pub struct Worker<B> {
     shared: Arc<Shared<B>>,
+    /// What the worker registers with; kept current (reloads, capabilities), so registering again
+    /// after being marked gone announces the worker as it is now.
+    registration: Arc<tokio::sync::Mutex<WorkerRegistration>>,
     /// Cancel tokens of the runs in flight, for cancel notices.
     running: Arc<Mutex<HashMap<RunId, CancellationToken>>>,
     slots: Arc<Semaphore>,
     /// Wakes the claim loop: a lane notice, a freed slot.
     wake: Arc<Notify>,
     tracker: TaskTracker,
-    capabilities: Vec<String>,
 }
 
 impl<B: Broker> Worker<B> {
     /// Registers a fresh worker id for this process.
-    pub async fn register(mut shared: Shared<B>, capabilities: Vec<String>) -> Result<Worker<B>> {
+    pub async fn register(shared: Shared<B>, capabilities: Vec<String>) -> Result<Worker<B>> {
         let s = &shared.settings;
         let reg = WorkerRegistration {
             host: s.host.clone().unwrap_or_else(|| {
@@ -51,25 +56,28 @@ impl<B: Broker> Worker<B> {
             lanes: s.lanes.clone(),
             slots: s.slots,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities: capabilities.clone(),
+            capabilities,
             lease_ms: u32::try_from(s.lease_ms).unwrap_or(u32::MAX),
+            kill_grace_ms: u32::try_from(s.lease_loss_grace_ms).unwrap_or(u32::MAX),
         };
-        shared.worker_id = shared.broker.register_worker(&reg).await?;
+        let id = shared.broker.register_worker(&reg).await?;
+        *shared.worker_id.write().unwrap_or_else(|p| p.into_inner()) = id;
         shared.metrics.slots_total.set(i64::from(s.slots));
+        shared.metrics.queue_contact(true);
         let slots = Arc::new(Semaphore::new(s.slots as usize));
-        tracing::info!(worker_id = %shared.worker_id, lanes = ?reg.lanes, slots = reg.slots, "worker registered");
+        tracing::info!(worker_id = %id, lanes = ?reg.lanes, slots = reg.slots, "worker registered");
         Ok(Worker {
             shared: Arc::new(shared),
+            registration: Arc::new(tokio::sync::Mutex::new(reg)),
             running: Arc::default(),
             slots,
             wake: Arc::new(Notify::new()),
             tracker: TaskTracker::new(),
-            capabilities,
         })
     }
 
     pub fn id(&self) -> WorkerId {
-        self.shared.worker_id
+        self.shared.worker_id()
     }
 
     /// Runs until shutdown, then drains. `capacity` carries reloads (SIGHUP).
@@ -77,7 +85,7 @@ impl<B: Broker> Worker<B> {
         let mut lanes = capacity.borrow().lanes.clone();
         let mut notices = self.subscribe(&lanes).await;
         let liveness =
-            tokio::spawn(liveness_loop(self.shared.clone(), shutdown.stop_claiming.clone(), self.capabilities.clone()));
+            tokio::spawn(liveness_loop(self.shared.clone(), self.registration.clone(), shutdown.stop_claiming.clone()));
         self.shared.metrics.ready.set(1);
         let poll = Duration::from_millis(self.shared.settings.poll_interval_ms);
         let mut reloadable = true;
@@ -86,6 +94,11 @@ impl<B: Broker> Worker<B> {
                 match self.claim_once(&lanes, &shutdown).await {
                     Ok(n) if n > 0 && self.slots.available_permits() > 0 => continue,
                     Ok(_) => {}
+                    Err(Error::WorkerGone(m)) => {
+                        tracing::warn!(reason = %m, "this worker was marked gone; registering again");
+                        register_again(&self.shared, &self.registration).await;
+                        continue;
+                    }
                     Err(e) => tracing::warn!(error = %e, "claim failed; retrying after the poll interval"),
                 }
             }
@@ -133,7 +146,15 @@ impl<B: Broker> Worker<B> {
             return Ok(0);
         }
         let session = self.shared.settings.session;
-        let runs = self.shared.broker.claim_runs(self.id(), lanes, free, session).await?;
+        // The lease of each claimed run can expire no earlier than `lease_ms` after this moment.
+        let sent = Instant::now();
+        // A claim stuck on a dead connection gives way after a lease: whatever it claimed has expired.
+        let limit = Duration::from_millis(self.shared.settings.lease_ms);
+        let claimed = tokio::time::timeout(limit, self.shared.broker.claim_runs(self.id(), lanes, free, session))
+            .await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the claim got no answer within a lease".into())));
+        self.shared.metrics.queue_contact(!matches!(&claimed, Err(e) if e.is_retryable()));
+        let runs = claimed?;
         let n = runs.len();
         for run in runs {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
@@ -150,7 +171,7 @@ impl<B: Broker> Worker<B> {
             let (shared, running, wake) = (self.shared.clone(), self.running.clone(), self.wake.clone());
             let run_id = run.run_id;
             self.tracker.spawn(async move {
-                let end = run_task::execute(shared.clone(), run, signals).await;
+                let end = run_task::execute(shared.clone(), run, signals, sent).await;
                 running.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
                 shared.metrics.slots_in_use.add(-1);
                 drop(permit);
@@ -196,6 +217,11 @@ impl<B: Broker> Worker<B> {
             }
         }
         self.shared.metrics.slots_total.set(i64::from(next.slots));
+        {
+            let mut reg = self.registration.lock().await;
+            reg.lanes = next.lanes.clone();
+            reg.slots = next.slots;
+        }
         let update = WorkerUpdate { lanes: Some(next.lanes.clone()), slots: Some(next.slots), capabilities: None };
         if let Err(e) = self.shared.broker.worker_heartbeat(self.id(), WorkerState::Active, &update).await {
             tracing::warn!(error = %e, "could not record the new lanes and slots");
@@ -211,25 +237,59 @@ async fn recv(notices: &mut Option<mpsc::Receiver<Notice>>) -> Option<Notice> {
     }
 }
 
-/// Keeps the `workers` row fresh, pings the systemd watchdog while the queue answers, refreshes
-/// the fleet-wide lane gauges, and re-announces the worker's capabilities when its Docker engine
-/// comes or goes (runs needing Docker are then claimed only by workers whose engine answers).
-async fn liveness_loop<B: Broker>(shared: Arc<Shared<B>>, stop: CancellationToken, mut capabilities: Vec<String>) {
+/// Registers this process again under a fresh id, once, however many tasks noticed it was gone.
+async fn register_again<B: Broker>(shared: &Shared<B>, registration: &tokio::sync::Mutex<WorkerRegistration>) {
+    let gone = shared.worker_id();
+    let reg = registration.lock().await;
+    if shared.worker_id() != gone {
+        return; // another task already did
+    }
+    match shared.broker.register_worker(&reg).await {
+        Ok(id) => {
+            *shared.worker_id.write().unwrap_or_else(|p| p.into_inner()) = id;
+            shared.metrics.queue_contact(true);
+            tracing::info!(worker_id = %id, previous = %gone, "registered again");
+        }
+        Err(e) => tracing::warn!(error = %e, "could not register again; will retry"),
+    }
+}
+
+/// Keeps the `workers` row fresh, records when the queue last answered (liveness), pings the
+/// systemd watchdog while it does, refreshes the fleet-wide lane gauges, and re-announces the
+/// worker's capabilities when its Docker engine comes or goes (runs needing Docker are then claimed
+/// only by workers whose engine answers).
+async fn liveness_loop<B: Broker>(
+    shared: Arc<Shared<B>>,
+    registration: Arc<tokio::sync::Mutex<WorkerRegistration>>,
+    stop: CancellationToken,
+) {
     let every = Duration::from_millis(shared.settings.heartbeat_interval_ms);
     loop {
         let state = if stop.is_cancelled() { WorkerState::Draining } else { WorkerState::Active };
         let now = current_capabilities(&shared).await;
-        let update = WorkerUpdate { capabilities: (now != capabilities).then(|| now.clone()), ..Default::default() };
-        match shared.broker.worker_heartbeat(shared.worker_id, state, &update).await {
+        let known = registration.lock().await.capabilities.clone();
+        let update = WorkerUpdate { capabilities: (now != known).then(|| now.clone()), ..Default::default() };
+        let beat = shared.broker.worker_heartbeat(shared.worker_id(), state, &update);
+        let beat = tokio::time::timeout(every, beat)
+            .await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the heartbeat got no answer in time".into())));
+        match beat {
             Ok(()) => {
+                shared.metrics.queue_contact(true);
+                shared.metrics.last_heartbeat_ok_ms.set(uptime_ms());
                 if update.capabilities.is_some() {
                     tracing::warn!(capabilities = ?now, "capabilities changed");
-                    capabilities = now;
+                    registration.lock().await.capabilities = now;
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
+            Err(Error::WorkerGone(m)) => {
+                tracing::warn!(reason = %m, "this worker was marked gone; registering again");
+                register_again(&shared, &registration).await;
+            }
             Err(e) => {
                 shared.metrics.heartbeat_failures.inc();
+                shared.metrics.queue_contact(!e.is_retryable());
                 tracing::warn!(error = %e, "worker heartbeat failed");
             }
         }

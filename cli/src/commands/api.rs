@@ -25,10 +25,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pool = connect(&settings, "runlane-api").await?;
     let stop = CancellationToken::new();
     let state = runlane_executor_api::state(&settings, pool.clone(), stop.clone()).await.map_err(anyhow::Error::msg)?;
+    let store = state.artifacts.clone();
     let (addr, server) = runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await?;
     if settings.sweeper.enabled {
         tokio::spawn(runlane_worker::sweeper::run(
             pool,
+            store,
             settings.sweeper.clone(),
             Arc::new(Metrics::default()),
             stop.clone(),

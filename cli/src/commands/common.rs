@@ -27,12 +27,18 @@ impl ConfigArgs {
     }
 }
 
-/// Connects and checks the schema version.
-pub async fn connect(settings: &Settings, application_name: &str) -> anyhow::Result<PgPool> {
+/// The database URL from the settings, or what to do about its absence.
+pub fn database_url(settings: &Settings) -> anyhow::Result<&str> {
     let url = settings.database.url.as_ref().context(
         "no database URL: pass --database-url, set DATABASE_URL or RUNLANE__DATABASE__URL, or put database.url in the config file",
     )?;
-    let pool = db::connect(url.expose_secret(), settings.database.max_connections, application_name)
+    Ok(url.expose_secret())
+}
+
+/// Connects and checks the schema version.
+pub async fn connect(settings: &Settings, application_name: &str) -> anyhow::Result<PgPool> {
+    let url = database_url(settings)?;
+    let pool = db::connect(url, settings.database.max_connections, application_name)
         .await
         .context("connecting to PostgreSQL")?;
     db::check_schema(&pool).await?;

@@ -41,6 +41,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
     .await?
     .context("starting the demo's PostgreSQL")?;
+    if let Some(note) = pg.relocation() {
+        println!("note: {note}");
+    }
     let url = pg.url("runlane");
     let pool = db::connect(&url, 20, "runlane-demo").await?;
     let (from, to) = db::migrate(&pool).await?;

@@ -32,13 +32,14 @@ pub async fn set_lane_cap(ex: impl PgExecutor<'_>, lane: Lane, max_running: Opti
 
 pub async fn register_worker(ex: impl PgExecutor<'_>, reg: &WorkerRegistration) -> Result<WorkerId> {
     let lanes: Vec<&str> = reg.lanes.iter().map(|l| l.as_str()).collect();
-    Ok(sqlx::query_scalar("SELECT runlane.register_worker($1, $2, $3, $4, $5, $6)")
+    Ok(sqlx::query_scalar("SELECT runlane.register_worker($1, $2, $3, $4, $5, $6, $7)")
         .bind(&reg.host)
         .bind(&lanes)
         .bind(i32::try_from(reg.slots).unwrap_or(i32::MAX))
         .bind(&reg.version)
         .bind(&reg.capabilities)
         .bind(i32::try_from(reg.lease_ms).unwrap_or(i32::MAX))
+        .bind(i32::try_from(reg.kill_grace_ms).unwrap_or(i32::MAX))
         .fetch_one(ex)
         .await?)
 }
@@ -124,12 +125,30 @@ pub async fn finish_step(
         .await?)
 }
 
-/// Appends a batch in one round trip. Returns the last seq.
-pub async fn append_events(ex: impl PgExecutor<'_>, lease: Lease, events: &[NewEvent]) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT runlane.append_events($1, $2, $3)")
+/// Appends a batch in one round trip. `batch` numbers the lease holder's batches 1, 2, 3 … in its
+/// attempt: sending the last one again (after a lost reply) writes nothing and returns the same
+/// last seq. `None`: no replay protection (several writers sharing a lease).
+pub async fn append_events(
+    ex: impl PgExecutor<'_>,
+    lease: Lease,
+    batch: Option<i32>,
+    events: &[NewEvent],
+) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT runlane.append_events($1, $2, $3, $4)")
         .bind(lease.run_id)
         .bind(lease.token)
         .bind(sqlx::types::Json(events))
+        .bind(batch)
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Checks an upload before a byte of it is stored: the lease and the name. Returns the attempt.
+pub async fn check_artifact_upload(ex: impl PgExecutor<'_>, lease: Lease, name: &str) -> Result<i32> {
+    Ok(sqlx::query_scalar("SELECT runlane.check_artifact_upload($1, $2, $3)")
+        .bind(lease.run_id)
+        .bind(lease.token)
+        .bind(name)
         .fetch_one(ex)
         .await?)
 }
@@ -137,6 +156,8 @@ pub async fn append_events(ex: impl PgExecutor<'_>, lease: Lease, events: &[NewE
 /// An artifact to record: bytes inline, or a key in the object store.
 #[derive(Debug, Clone)]
 pub struct NewArtifact<'a> {
+    /// Chosen by the writer, so recording it again after a lost reply is recognised as a replay.
+    pub id: ArtifactId,
     pub step: Option<i32>,
     pub name: &'a str,
     pub content_type: &'a str,
@@ -147,9 +168,10 @@ pub struct NewArtifact<'a> {
 }
 
 pub async fn put_artifact(ex: impl PgExecutor<'_>, lease: Lease, a: &NewArtifact<'_>) -> Result<ArtifactId> {
-    Ok(sqlx::query_scalar("SELECT runlane.put_artifact($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+    Ok(sqlx::query_scalar("SELECT runlane.put_artifact($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(lease.run_id)
         .bind(lease.token)
+        .bind(a.id)
         .bind(a.step)
         .bind(a.name)
         .bind(a.content_type)
@@ -194,18 +216,55 @@ pub async fn annotate_run(ex: impl PgExecutor<'_>, run: RunId, message: &str) ->
     Ok(sqlx::query_scalar("SELECT runlane.annotate_run($1, $2)").bind(run).bind(message).fetch_one(ex).await?)
 }
 
-pub async fn sweep(ex: impl PgExecutor<'_>, opts: &SweepOptions) -> Result<SweepReport> {
-    let secs = |s: u64| format!("{s} seconds");
-    let report: sqlx::types::Json<SweepReport> =
-        sqlx::query_scalar("SELECT runlane.sweep(coalesce($1, now()), $2::interval, $3::interval, $4::interval, $5)")
-            .bind(opts.now)
-            .bind(secs(opts.retention_s))
-            .bind(secs(opts.worker_timeout_s))
-            .bind(secs(opts.deadline_slack_s))
-            .bind(i32::try_from(opts.prune_limit).unwrap_or(i32::MAX))
-            .fetch_one(ex)
-            .await?;
+/// One sweeper pass now, by the fleet's policy (what workers, the API and operators call).
+pub async fn sweep(ex: impl PgExecutor<'_>) -> Result<SweepReport> {
+    let report: sqlx::types::Json<SweepReport> = sqlx::query_scalar("SELECT runlane.sweep()").fetch_one(ex).await?;
     Ok(report.0)
+}
+
+/// One sweeper pass as of `opts.now` with the policy overridden where given: the database owner's
+/// call (tests move the clock with it).
+pub async fn sweep_at(ex: impl PgExecutor<'_>, opts: &SweepOptions) -> Result<SweepReport> {
+    let secs = |s: Option<u64>| s.map(|s| format!("{s} seconds"));
+    let report: sqlx::types::Json<SweepReport> = sqlx::query_scalar(
+        "SELECT runlane.sweep_at(coalesce($1, now()), $2::interval, $3::interval, $4::interval, $5)",
+    )
+    .bind(opts.now)
+    .bind(secs(opts.retention_s))
+    .bind(secs(opts.worker_timeout_s))
+    .bind(secs(opts.deadline_slack_s))
+    .bind(opts.prune_limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
+    .fetch_one(ex)
+    .await?;
+    Ok(report.0)
+}
+
+pub async fn sweep_policy(ex: impl PgExecutor<'_>) -> Result<SweepPolicy> {
+    Ok(sqlx::query_as("SELECT * FROM runlane.sweep_policy()").fetch_one(ex).await?)
+}
+
+/// Changes the fleet's sweeper policy (the database owner's call); `None` keeps a value.
+pub async fn set_sweep_policy(ex: impl PgExecutor<'_>, change: &SweepOptions) -> Result<()> {
+    let secs = |s: Option<u64>| s.map(|s| format!("{s} seconds"));
+    sqlx::query("SELECT runlane.set_sweep_policy($1::interval, $2::interval, $3::interval, $4)")
+        .bind(secs(change.retention_s))
+        .bind(secs(change.worker_timeout_s))
+        .bind(secs(change.deadline_slack_s))
+        .bind(change.prune_limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Object store keys of pruned artifacts, oldest first, for the holder of the store to delete.
+pub async fn doomed_objects(ex: impl PgExecutor<'_>, limit: i32) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT runlane.doomed_objects($1)").bind(limit).fetch_all(ex).await?)
+}
+
+/// These objects are gone from the store.
+pub async fn forget_objects(ex: impl PgExecutor<'_>, keys: &[String]) -> Result<()> {
+    sqlx::query("SELECT runlane.forget_objects($1)").bind(keys).execute(ex).await?;
+    Ok(())
 }
 
 /// Of these runs, the ones running now, with their current attempt.

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use runlane_core::db;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 pub async fn lanes(State(st): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"lanes": db::lane_stats(&st.pool).await?})))
@@ -22,24 +23,28 @@ pub async fn templates(State(st): State<AppState>, _reader: Reader) -> Result<Js
     Ok(Json(json!({"templates": db::list_templates(&st.pool).await?})))
 }
 
-/// The body is a template spec as JSON (what a templates/*.yaml file holds, without `name`).
+/// The body is a template spec as JSON (what a templates/*.yaml file holds, without `name`), checked
+/// by `apply_template` in SQL like every other way in.
 pub async fn apply_template(
     State(st): State<AppState>,
     _operator: Operator,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut file = spec.as_object().cloned().ok_or_else(|| ApiError::invalid("a template spec is a JSON object"))?;
-    file.insert("name".into(), json!(name));
-    let yaml = serde_json::to_string(&file).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let template = runlane_core::templates::parse_template(&yaml, std::path::Path::new("request body"))
-        .map_err(ApiError::invalid)?;
-    let version = db::apply_template(&st.pool, &template.name, &template.spec).await?;
-    Ok(Json(json!({"name": template.name, "version": version})))
+    let version = db::apply_template(&st.pool, &name, &spec).await?;
+    Ok(Json(json!({"name": name, "version": version})))
 }
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// Live while the database answered within `api.liveness_bound_ms` (checked every few seconds).
+pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+    let age = st.db_contact.age();
+    let bound = Duration::from_millis(st.settings.liveness_bound_ms);
+    let live = age <= bound;
+    let status = if live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(json!({"live": live, "database_age_ms": age.as_millis() as u64, "bound_ms": bound.as_millis() as u64})),
+    )
 }
 
 /// Ready when the database answers and its schema is this binary's.

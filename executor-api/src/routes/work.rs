@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use runlane_core::artifacts::ArtifactBytes;
+use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::db;
 use runlane_core::model::*;
 use serde::Deserialize;
@@ -40,6 +40,8 @@ pub struct Register {
     #[serde(default)]
     capabilities: Vec<String>,
     lease_ms: u32,
+    #[serde(default)]
+    kill_grace_ms: u32,
 }
 
 pub async fn register(
@@ -54,6 +56,7 @@ pub async fn register(
         version: b.version,
         capabilities: b.capabilities,
         lease_ms: b.lease_ms,
+        kill_grace_ms: b.kill_grace_ms,
     };
     let id = db::register_worker(&st.pool, &reg).await?;
     Ok((StatusCode::CREATED, Json(json!({"worker_id": id}))))
@@ -152,6 +155,8 @@ pub async fn finish_step(
 #[serde(deny_unknown_fields)]
 pub struct Append {
     lease: Uuid,
+    /// The worker's batch number in the attempt, 1, 2, 3 …: a batch sent again is written once.
+    batch: i32,
     events: Vec<NewEvent>,
 }
 
@@ -161,7 +166,8 @@ pub async fn append_events(
     Path(run): Path<RunId>,
     ApiJson(b): ApiJson<Append>,
 ) -> Result<Json<Value>, ApiError> {
-    let last = db::append_events(&st.pool, Lease { run_id: run, token: b.lease }, &b.events).await?;
+    let lease = Lease { run_id: run, token: b.lease };
+    let last = db::append_events(&st.pool, lease, Some(b.batch), &b.events).await?;
     Ok(Json(json!({"last_seq": last})))
 }
 
@@ -169,11 +175,14 @@ pub async fn append_events(
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     lease: Uuid,
+    /// The worker's id for the artifact, so a retried upload is recorded once.
+    id: Option<ArtifactId>,
     step: Option<i32>,
     content_type: Option<String>,
 }
 
-/// The body is the artifact's bytes; the API stores them inline or in its object store by size.
+/// The body is the artifact's bytes; the API stores them inline or in its object store by size,
+/// after checking the lease and the name (nothing is stored for a refused upload).
 pub async fn upload_artifact(
     State(st): State<AppState>,
     _worker: Worker,
@@ -182,28 +191,22 @@ pub async fn upload_artifact(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let lease = Lease { run_id: run, token: q.lease };
-    let attempt: i32 = db::get_run(&st.pool, run).await?.attempt;
-    let broker = runlane_core::broker::PgBroker::new(st.pool.clone());
     let content_type = q.content_type.unwrap_or_else(|| "application/octet-stream".into());
-    let id = st
-        .artifacts
-        .save(
-            &broker,
-            lease,
-            attempt,
-            ArtifactBytes { step: q.step, name: &name, content_type: &content_type, bytes: body.to_vec() },
-        )
-        .await
-        .map_err(|e| match e {
-            runlane_core::artifacts::ArtifactError::Queue { source, .. } => ApiError::from(source),
-            runlane_core::artifacts::ArtifactError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
-            other => {
-                tracing::error!(error = %other, "artifact upload failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            }
-        })?;
+    let upload = ArtifactBytes {
+        id: q.id.unwrap_or_else(|| ArtifactId(Uuid::now_v7())),
+        step: q.step,
+        name: &name,
+        content_type: &content_type,
+        bytes: body.to_vec(),
+    };
+    let id = st.artifacts.save(&st.pool, lease, &upload).await.map_err(|e| match e {
+        ArtifactError::Queue { source, .. } => ApiError::from(source),
+        ArtifactError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
+        other => {
+            tracing::error!(error = %other, "artifact upload failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        }
+    })?;
     Ok((StatusCode::CREATED, Json(json!({"artifact_id": id}))))
 }
 

@@ -14,7 +14,7 @@ use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use runlane_core::model::Stream;
@@ -26,6 +26,9 @@ use std::time::Duration;
 
 /// Largest artifact copied out of a container.
 const MAX_COPY_BYTES: usize = 256 << 20;
+
+/// Where params too large for the environment are, inside a step's container.
+const CONTAINER_PARAMS_DIR: &str = "/run/runlane/params";
 
 #[derive(Debug, Clone)]
 pub struct DockerExecutor {
@@ -69,7 +72,10 @@ impl Executor for DockerExecutor {
             Ok(created) => created.id,
             Err(e) => return refuse(ctx, format!("creating the container: {}", engine_error(&e))).await,
         };
-        let mut outcome = self.run_container(&id, ctx).await;
+        let mut outcome = match self.upload_param_files(&id, ctx).await {
+            Ok(()) => self.run_container(&id, ctx).await,
+            Err(e) => refuse(ctx, e).await,
+        };
         outcome.artifacts = self.copy_artifacts(&id, spec, ctx).await;
         let remove = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         if let Err(e) = self.docker.remove_container(&id, Some(remove)).await {
@@ -99,6 +105,7 @@ impl DockerExecutor {
         let entrypoint =
             spec.entrypoint.as_ref().map(|e| e.iter().map(sub).collect::<Result<Vec<_>, _>>()).transpose()?;
         let mut env: Vec<String> = ctx.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(ctx.param_files.iter().map(|f| format!("{}={CONTAINER_PARAMS_DIR}/{}", f.env, f.file_name)));
         for (k, v) in &spec.env {
             env.push(format!("{k}={}", sub(v)?));
         }
@@ -149,6 +156,19 @@ impl DockerExecutor {
         })
     }
 
+    /// Copies the params too large for the environment into the created container.
+    async fn upload_param_files(&self, id: &str, ctx: &StepContext) -> Result<(), String> {
+        if ctx.param_files.is_empty() {
+            return Ok(());
+        }
+        let tar = param_tar(&ctx.param_files).map_err(|e| format!("packing large params: {e}"))?;
+        let opts = UploadToContainerOptionsBuilder::new().path("/").build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| format!("copying large params into the container: {}", engine_error(&e)))
+    }
+
     /// A mount source, if it lies under an allowed path (after resolving links and `..`).
     fn allowed_source(&self, source: &str) -> Result<PathBuf, String> {
         let path =
@@ -194,7 +214,7 @@ impl DockerExecutor {
             _ = tokio::time::sleep(ctx.timeout) => Some(StepOutcome::timed_out(ctx.timeout)),
         };
         if let Some(outcome) = stopped {
-            self.stop(id, ctx.grace).await;
+            self.stop(id, ctx).await;
             let _ = ctx.output.finish().await;
             return outcome;
         }
@@ -243,15 +263,17 @@ impl DockerExecutor {
         while wait.next().await.is_some() {}
     }
 
-    /// SIGTERM, SIGKILL after `grace`.
-    async fn stop(&self, id: &str, grace: Duration) {
+    /// SIGTERM, SIGKILL after the grace (see [`StepContext::grace_period`]).
+    async fn stop(&self, id: &str, ctx: &StepContext) {
         let term = KillContainerOptionsBuilder::new().signal("SIGTERM").build();
         let _ = self.docker.kill_container(id, Some(term)).await;
         let mut wait = self.docker.wait_container(id, None);
-        if tokio::time::timeout(grace, async { while wait.next().await.is_some() {} }).await.is_err() {
-            let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-            let _ = self.docker.kill_container(id, Some(kill)).await;
+        tokio::select! {
+            _ = async { while wait.next().await.is_some() {} } => return,
+            _ = ctx.grace_period() => {}
         }
+        let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        let _ = self.docker.kill_container(id, Some(kill)).await;
     }
 
     /// Copies each listed path out of the (stopped) container; a directory gives one artifact per file.
@@ -299,6 +321,33 @@ fn untar(bytes: &[u8]) -> Result<Vec<ProducedArtifact>, String> {
         out.push(ProducedArtifact { content_type: content_type(&name).into(), name, data: ArtifactData::Bytes(data) });
     }
     Ok(out)
+}
+
+/// A tar of `run/runlane/params/<file>` (directories world-readable, files readable by all: the
+/// container's user is whatever the step says).
+fn param_tar(files: &[super::ParamFile]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, data)
+    };
+    for dir in ["run/", "run/runlane/", "run/runlane/params/"] {
+        add(dir, &[], 0o755, tar::EntryType::Directory)?;
+    }
+    for f in files {
+        let data = std::fs::read(&f.path)?;
+        add(
+            &format!("{}/{}", CONTAINER_PARAMS_DIR.trim_start_matches('/'), f.file_name),
+            &data,
+            0o644,
+            tar::EntryType::Regular,
+        )?;
+    }
+    tar.into_inner()
 }
 
 fn list_or_none(items: &[String]) -> String {

@@ -28,8 +28,14 @@ pub struct StepContext {
     pub work_dir: PathBuf,
     /// Empty directory for this step; files left in it become artifacts (`$RUNLANE_ARTIFACTS`).
     pub artifacts_dir: PathBuf,
+    /// The step's own directory on the worker, out of the step's sight (mode 0700): its shell script
+    /// and large params.
+    pub private_dir: PathBuf,
     /// RUNLANE_RUN_ID, RUNLANE_ATTEMPT, RUNLANE_STEP, RUNLANE_PARAM_* … for processes the step starts.
     pub env: Vec<(String, String)>,
+    /// Params too large for the environment (the kernel caps one variable at 128 KiB), written to
+    /// files; the step gets their paths as `RUNLANE_PARAM_<NAME>_FILE`.
+    pub param_files: Vec<ParamFile>,
     pub output: OutputSink,
     /// Fired when the run is cancelled or its lease is lost: stop the step (with `grace`).
     pub cancel: CancellationToken,
@@ -37,6 +43,34 @@ pub struct StepContext {
     pub timeout: Duration,
     /// Between the polite stop (SIGTERM) and the forced one (SIGKILL).
     pub grace: Duration,
+    /// Fired when the worker gives the run's lease up: the grace is cut to `lease_loss_grace`, as
+    /// the run is about to start elsewhere.
+    pub lease_lost: CancellationToken,
+    pub lease_loss_grace: Duration,
+}
+
+impl StepContext {
+    /// Waits out the grace between SIGTERM and SIGKILL: the step's own, cut short to
+    /// `lease_loss_grace` from the moment the lease is given up.
+    pub async fn grace_period(&self) {
+        let hurried = async {
+            self.lease_lost.cancelled().await;
+            tokio::time::sleep(self.lease_loss_grace).await;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(self.grace) => {}
+            _ = hurried => {}
+        }
+    }
+}
+
+/// A param passed as a file: `env` (`RUNLANE_PARAM_<NAME>_FILE`) names it; `file_name` is its name
+/// in the directory steps find such files in; `path` is where it is on the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamFile {
+    pub env: String,
+    pub file_name: String,
+    pub path: PathBuf,
 }
 
 /// How a step ended.

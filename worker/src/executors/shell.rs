@@ -1,8 +1,9 @@
-//! The `shell` step: `/bin/sh -c COMMAND` in its own process group, in the run's working
-//! directory, with a clean environment (the worker's own, which may hold database credentials,
-//! never reaches it). Params arrive as `RUNLANE_PARAM_*` env vars and, where the command says
-//! `${{ params.x }}`, as single-quoted shell words. Cancel or timeout: SIGTERM to the whole group,
-//! SIGKILL after the grace. Files left in `$RUNLANE_ARTIFACTS` become artifacts.
+//! The `shell` step: `/bin/sh` running the command (written to a script file, so no argument limit
+//! applies to it) in its own process group, in the run's working directory, with a clean environment
+//! (the worker's own, which may hold database credentials, never reaches it). Params arrive as
+//! `RUNLANE_PARAM_*` env vars (large ones as files named by `RUNLANE_PARAM_*_FILE`) and, where the
+//! command says `${{ params.x }}`, as single-quoted shell words. Cancel or timeout: SIGTERM to the
+//! whole group, SIGKILL after the grace. Files left in `$RUNLANE_ARTIFACTS` become artifacts.
 
 use super::{ArtifactData, Executor, ProducedArtifact, StepContext, StepOutcome};
 use nix::sys::signal::{Signal, killpg};
@@ -54,9 +55,10 @@ fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
     let script = substitute(&spec.command, &ctx.params, Quoting::Shell)?;
     let dir = working_dir(&ctx.work_dir, spec.working_dir.as_deref())?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("working directory {}: {e}", dir.display()))?;
+    let script_file = ctx.private_dir.join("script.sh");
+    std::fs::write(&script_file, script).map_err(|e| format!("writing the step's script: {e}"))?;
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
+    cmd.arg(&script_file)
         .current_dir(&dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
@@ -73,6 +75,9 @@ fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
             return Err(format!("env name '{k}' is not a valid variable name"));
         }
         cmd.env(k, substitute(v, &ctx.params, Quoting::Verbatim)?);
+    }
+    for file in &ctx.param_files {
+        cmd.env(&file.env, &file.path);
     }
     cmd.env("RUNLANE_ARTIFACTS", &ctx.artifacts_dir);
     Ok(cmd)
@@ -115,8 +120,8 @@ async fn run_command(mut cmd: Command, ctx: &StepContext) -> StepOutcome {
     };
     let (status, stop) = tokio::select! {
         status = child.wait() => (status, None),
-        _ = ctx.cancel.cancelled() => (terminate(&mut child, pgid, ctx.grace).await, Some(Stop::Cancelled)),
-        _ = tokio::time::sleep(ctx.timeout) => (terminate(&mut child, pgid, ctx.grace).await, Some(Stop::TimedOut)),
+        _ = ctx.cancel.cancelled() => (terminate(&mut child, pgid, ctx).await, Some(Stop::Cancelled)),
+        _ = tokio::time::sleep(ctx.timeout) => (terminate(&mut child, pgid, ctx).await, Some(Stop::TimedOut)),
     };
     // Whatever the shell left behind in its group goes too, so the pipes close.
     if let Some(pgid) = pgid {
@@ -147,20 +152,20 @@ fn from_status(status: ExitStatus) -> StepOutcome {
     }
 }
 
-/// SIGTERM to the group, SIGKILL after `grace` if the shell has not exited.
-async fn terminate(child: &mut Child, pgid: Option<Pid>, grace: Duration) -> std::io::Result<ExitStatus> {
+/// SIGTERM to the group, SIGKILL after the grace (see [`StepContext::grace_period`]) if the shell has
+/// not exited.
+async fn terminate(child: &mut Child, pgid: Option<Pid>, ctx: &StepContext) -> std::io::Result<ExitStatus> {
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGTERM);
     }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-            child.wait().await
-        }
+    tokio::select! {
+        status = child.wait() => return status,
+        _ = ctx.grace_period() => {}
     }
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    child.wait().await
 }
 
 /// Every regular file under the step's artifact directory, named by its '/'-separated path relative
