@@ -4,10 +4,9 @@
 
 use runlane_tests::TestDb;
 use runlane_tests::api::token;
-use runlane_tests::process::{WorkerProc, wait_until};
+use runlane_tests::process::{PATIENCE, WorkerProc, wait_until};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
 
@@ -25,7 +24,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let env = [("RUNLANE__API__RATE_PER_S", "100000"), ("RUNLANE__API__RATE_BURST", "100000"), ("RUNLANE_LOG", "warn")];
     let api = WorkerProc::start(Path::new(BIN), &["api", "--listen", &listen], Some(&t.url), "api", &env);
     let base = format!("http://{listen}");
-    wait_until("the API", Duration::from_secs(20), || async {
+    wait_until("the API", PATIENCE, || async {
         reqwest::get(format!("{base}/readyz")).await.ok().filter(|r| r.status().is_success()).map(|_| ())
     })
     .await;

@@ -5,12 +5,11 @@ use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
 use runlane_tests::docker::{TEST_IMAGE, bridge_gateway, containers_of, docker_with_image};
-use runlane_tests::process::{WorkerProc, spawn_tail, wait_until};
+use runlane_tests::process::{PATIENCE, WorkerProc, spawn_tail, wait_until};
 use runlane_tests::proxy::{Proxy, UnixProxy};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
@@ -31,7 +30,7 @@ async fn apply_docker(t: &TestDb, name: &str, command: &str, extra: Value) {
 }
 
 async fn finished(t: &TestDb, run: RunId) -> RunRecord {
-    wait_until("the run to finish", Duration::from_secs(60), || async {
+    wait_until("the run to finish", PATIENCE, || async {
         let rec = db::get_run(&t.pool, run).await.expect("run");
         RunStatus::is_final(rec.status.parse().expect("status")).then_some(rec)
     })
@@ -146,7 +145,7 @@ async fn cancel_and_timeout_leave_no_container_behind() {
     let _w = WorkerProc::spawn(Path::new(BIN), &t.url, "docker-stopper", &DOCKER_ENV);
     let cancelled = t.enqueue("long", Lane::D).await;
     let timed_out = t.enqueue("slowpoke", Lane::D).await;
-    wait_until("the container to start", Duration::from_secs(30), || async {
+    wait_until("the container to start", PATIENCE, || async {
         lines(&t, cancelled).await.iter().any(|(_, b)| b == "started").then_some(())
     })
     .await;
@@ -173,19 +172,19 @@ async fn kill_9_mid_docker_step_the_orphan_is_reaped_and_the_run_completes() {
     .await;
     let mut doomed = WorkerProc::spawn(Path::new(BIN), &t.url, "docker-doomed", &DOCKER_ENV);
     let run = t.enqueue("resumable", Lane::D).await;
-    wait_until("attempt 1's container to run", Duration::from_secs(30), || async {
+    wait_until("attempt 1's container to run", PATIENCE, || async {
         lines(&t, run).await.iter().any(|(_, b)| b == "first").then_some(())
     })
     .await;
     doomed.signal("KILL");
-    doomed.wait_exit(Duration::from_secs(5));
+    doomed.wait_exit(PATIENCE);
     assert_eq!(containers_of(&docker, run).await.len(), 1, "the orphan outlived its worker");
 
     let _next = WorkerProc::spawn(Path::new(BIN), &t.url, "docker-next", &DOCKER_ENV);
     let rec = finished(&t, run).await;
     assert_eq!((rec.status.as_str(), rec.attempt, rec.crash_count), ("succeeded", 2, 1));
     assert!(lines(&t, run).await.iter().any(|(_, b)| b == "done-2"));
-    wait_until("the orphan to be removed", Duration::from_secs(10), || async {
+    wait_until("the orphan to be removed", PATIENCE, || async {
         containers_of(&docker, run).await.is_empty().then_some(())
     })
     .await;
@@ -264,7 +263,7 @@ async fn refused_steps_name_their_cause_and_the_worker_keeps_working() {
 
     // The engine goes away: the worker stops offering docker, says so, and keeps running shell steps.
     engine.cut();
-    wait_until("the worker to drop its docker capability", Duration::from_secs(15), || async {
+    wait_until("the worker to drop its docker capability", PATIENCE, || async {
         let caps: Vec<String> =
             sqlx::query_scalar("SELECT unnest(capabilities) FROM runlane.workers WHERE host = 'docker-refusals'")
                 .fetch_all(&t.pool)
@@ -288,4 +287,29 @@ async fn refused_steps_name_their_cause_and_the_worker_keeps_working() {
         "queued",
         "a docker run waits for a worker with an engine"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_param_too_large_for_the_environment_reaches_the_container_as_a_file() {
+    docker_with_image().await;
+    let t = TestDb::new().await;
+    apply_docker(
+        &t,
+        "big-param",
+        r#"wc -c < "$RUNLANE_PARAM_BIG_FILE"; echo "small=$RUNLANE_PARAM_SMALL big=${RUNLANE_PARAM_BIG:-absent}""#,
+        json!({}),
+    )
+    .await;
+    let _w = WorkerProc::spawn(Path::new(BIN), &t.url, "docker-params", &DOCKER_ENV);
+    let req = EnqueueRequest {
+        template: "big-param".into(),
+        params: json!({"big": "q".repeat(200 * 1024), "small": "s"}),
+        lane: Some(Lane::D),
+        ..Default::default()
+    };
+    let run = db::enqueue_run(&t.pool, &req).await.expect("enqueue");
+    let rec = finished(&t, run).await;
+    assert_eq!(rec.status, "succeeded", "{rec:?}");
+    let out: Vec<String> = lines(&t, run).await.into_iter().filter(|(s, _)| s == "stdout").map(|(_, b)| b).collect();
+    assert_eq!(out, vec!["204800".to_string(), "small=s big=absent".to_string()]);
 }

@@ -4,11 +4,11 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, wait_until};
+use runlane_tests::process::{Fleet, PATIENCE, WorkerProc, processes_in_group, wait_until};
 use runlane_tests::proxy::Proxy;
 use serde_json::json;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
 
@@ -45,17 +45,14 @@ async fn kill_9_mid_step(http: bool) {
         .await;
     let mut doomed = fleet.worker(Path::new(BIN), "doomed", &[]);
     let run = t.enqueue("slow", Lane::A).await;
-    wait_until("attempt 1 to start", Duration::from_secs(20), || body_event(&t, run, "begin 1")).await;
+    wait_until("attempt 1 to start", PATIENCE, || body_event(&t, run, "begin 1")).await;
     let _survivor = fleet.worker(Path::new(BIN), "survivor", &[]);
     doomed.signal("KILL");
-    let killed = Instant::now();
-    doomed.wait_exit(Duration::from_secs(5));
+    doomed.wait_exit(PATIENCE);
 
-    wait_until("attempt 2 to start", Duration::from_secs(20), || body_event(&t, run, "begin 2")).await;
-    let moved = killed.elapsed();
-    // lease 2 s + sweep every 0.25 s (± jitter) + claim wake-up.
-    assert!(moved < Duration::from_millis(2000 + 300 + 700), "running elsewhere {moved:?} after kill -9");
-    let rec = wait_status(&t, run, "succeeded", Duration::from_secs(20)).await;
+    // How fast the run moves is `runlane bench`'s recovery_s; here: that it moves, once.
+    wait_until("attempt 2 to start", PATIENCE, || body_event(&t, run, "begin 2")).await;
+    let rec = wait_status(&t, run, "succeeded", PATIENCE).await;
     assert_eq!((rec.crash_count, rec.attempt, rec.failed_attempts), (1, 2, 0));
     let evs = events(&t, run).await;
     assert!(evs.iter().any(|e| e.attempt == 1 && e.body.as_deref() == Some("begin 1")), "attempt 1's events kept");
@@ -93,7 +90,7 @@ async fn a_restarted_postgres_loses_no_run_and_runs_none_twice() {
         };
         runs.push(db::enqueue_run(&t.pool, &req).await.expect("enqueue"));
     }
-    wait_until("some runs to finish while others run", Duration::from_secs(20), || async {
+    wait_until("some runs to finish while others run", PATIENCE, || async {
         let done = t.count("SELECT count(*) FROM runlane.runs WHERE status = 'succeeded'").await;
         let running = t.count("SELECT count(*) FROM runlane.runs WHERE status = 'running'").await;
         (done >= 4 && running >= 2).then_some(())
@@ -104,7 +101,7 @@ async fn a_restarted_postgres_loses_no_run_and_runs_none_twice() {
     restarted.expect("pg_ctl restart");
 
     let pool = t.new_pool(2).await;
-    wait_until("every run to succeed", Duration::from_secs(60), || async {
+    wait_until("every run to succeed", PATIENCE, || async {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM runlane.runs WHERE status = 'succeeded'")
             .fetch_one(&pool)
             .await
@@ -136,23 +133,26 @@ async fn a_worker_cut_off_past_its_lease_stops_its_step_and_the_run_finishes_els
     let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
     let isolated = WorkerProc::spawn(Path::new(BIN), &cut_url, "isolated", &[]);
     let run = t.enqueue("cutoff", Lane::D).await;
-    let first = wait_until("attempt 1 to start", Duration::from_secs(20), || body_event(&t, run, "attempt 1")).await;
+    let first = wait_until("attempt 1 to start", PATIENCE, || body_event(&t, run, "attempt 1")).await;
     let pgid: u32 = first.body.expect("body").split_whitespace().nth(1).expect("pgid").parse().expect("pgid");
     let _healthy = WorkerProc::spawn(Path::new(BIN), &t.url, "healthy", &[]);
 
     proxy.set_blackholed(true);
-    let cut = Instant::now();
-    // The isolated worker gives the step up once no heartbeat got through for a whole lease.
-    wait_until("the isolated worker to kill its step", Duration::from_secs(8), || async {
+    // The isolated worker gives the step up before its lease can expire.
+    wait_until("the isolated worker to kill its step", PATIENCE, || async {
         (processes_in_group(pgid) == 0).then_some(())
     })
     .await;
-    assert!(cut.elapsed() < Duration::from_secs(2 + 1 + 2), "step killed {:?} after the cut", cut.elapsed());
-    let rec = wait_status(&t, run, "succeeded", Duration::from_secs(30)).await;
+    let rec = wait_status(&t, run, "succeeded", PATIENCE).await;
     assert_eq!((rec.attempt, rec.crash_count), (2, 1));
 
     proxy.set_blackholed(false);
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the isolated worker's late calls through
+    // Whatever the isolated worker had in flight reaches PostgreSQL now; its run task ends without
+    // writing more (it gave the lease up), and says so.
+    wait_until("the isolated worker to end its run task", PATIENCE, || async {
+        isolated.log().contains("lease lost: the run was aborted here").then_some(())
+    })
+    .await;
     let evs = events(&t, run).await;
     let requeued_at = evs.iter().find(|e| e.kind == "run.requeued").expect("requeued").seq;
     let late: Vec<_> = evs.iter().filter(|e| e.attempt == 1 && e.seq > requeued_at).collect();
@@ -160,4 +160,88 @@ async fn a_worker_cut_off_past_its_lease_stops_its_step_and_the_run_finishes_els
     assert!(!evs.iter().any(|e| e.body.as_deref() == Some("end 1")), "attempt 1 never finished its step");
     assert!(rec.worker_id.is_some());
     assert!(isolated.log().contains("lease"), "the isolated worker logged the lost lease:\n{}", isolated.log());
+}
+
+/// One `tick ATTEMPT NANOS` line per 50 ms while a step runs.
+fn ticks(ledger: &str, attempt: u32) -> Vec<u128> {
+    ledger
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some("tick") && parts.next()?.parse::<u32>().ok()? == attempt)
+                .then(|| parts.next()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_postgres_stops_its_step_before_another_worker_starts_it() {
+    let t = TestDb::new().await;
+    let ledger = std::env::temp_dir().join(format!("runlane-ticks-{}", uuid::Uuid::new_v4().simple()));
+    // The step ignores SIGTERM (the worst case: it runs until SIGKILL) and records a tick every 50 ms;
+    // a whole attempt takes about 3 s. Its own grace is long: only the lease-loss grace cuts it.
+    t.apply(
+        "ticking",
+        json!({"params": {"type": "object", "properties": {"ledger": {"type": "string"}}},
+               "steps": [{"name": "s", "kind": "shell", "cancel_grace_ms": 60000,
+                          "command": "trap '' TERM; for i in $(seq 1 60); do echo \"tick $RUNLANE_ATTEMPT $(date +%s%N)\" >> ${{ params.ledger }}; sleep 0.05; done; echo done $RUNLANE_ATTEMPT"}]}),
+    )
+    .await;
+    let upstream = format!("127.0.0.1:{}", t.cluster().port()).parse().expect("addr");
+    let proxy = Proxy::start(upstream).await;
+    let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
+    let _isolated = WorkerProc::spawn(Path::new(BIN), &cut_url, "isolated", &[]);
+    let req = EnqueueRequest {
+        template: "ticking".into(),
+        params: json!({"ledger": ledger.to_string_lossy()}),
+        lane: Some(Lane::A),
+        ..Default::default()
+    };
+    let run = db::enqueue_run(&t.pool, &req).await.expect("enqueue");
+    wait_until("attempt 1 to tick", PATIENCE, || async {
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        (ticks(&text, 1).len() >= 3).then_some(())
+    })
+    .await;
+    let _healthy = WorkerProc::spawn(Path::new(BIN), &t.url, "healthy", &[]);
+    proxy.set_blackholed(true);
+
+    let rec = wait_status(&t, run, "succeeded", PATIENCE).await;
+    assert_eq!((rec.attempt, rec.crash_count), (2, 1), "{rec:?}");
+    let text = std::fs::read_to_string(&ledger).expect("ledger");
+    let _ = std::fs::remove_file(&ledger);
+    let (first, second) = (ticks(&text, 1), ticks(&text, 2));
+    assert_eq!(second.len(), 60, "attempt 2 ran to its end");
+    assert!(first.len() < 60, "attempt 1 was stopped");
+    let (last_of_first, first_of_second) = (first.iter().max().expect("ticks"), second.iter().min().expect("ticks"));
+    assert!(
+        last_of_first < first_of_second,
+        "the attempts overlapped: attempt 1 ticked until {last_of_first}, attempt 2 began at {first_of_second} \
+         ({} ms of overlap)",
+        (last_of_first - first_of_second) / 1_000_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_marked_gone_registers_again_and_keeps_working() {
+    let t = TestDb::new().await;
+    t.apply("quick", json!({"steps": [{"name": "s", "kind": "shell", "command": "echo ok"}]})).await;
+    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "revenant", &[]);
+    let first = t.enqueue("quick", Lane::B).await;
+    wait_status(&t, first, "succeeded", PATIENCE).await;
+    // The sweeper, as if the worker had been silent for five minutes.
+    let opts = SweepOptions { now: Some(chrono::Utc::now() + chrono::Duration::minutes(5)), ..Default::default() };
+    assert_eq!(db::sweep_at(&t.pool, &opts).await.expect("sweep").workers_gone, 1);
+    let second = t.enqueue("quick", Lane::B).await;
+    let rec = wait_status(&t, second, "succeeded", PATIENCE).await;
+    let states: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, state FROM runlane.workers WHERE host = 'revenant' ORDER BY started_at")
+            .fetch_all(&t.pool)
+            .await
+            .expect("workers");
+    assert_eq!(states.len(), 2, "registered again: {states:?}");
+    assert_eq!((states[0].1.as_str(), states[1].1.as_str()), ("gone", "active"), "{states:?}");
+    assert_eq!(rec.worker_id.map(|w| w.0), Some(states[1].0), "the new registration ran the run");
+    assert!(w.log().contains("registering again"), "{}", w.log());
 }

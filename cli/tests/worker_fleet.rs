@@ -4,10 +4,10 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{Fleet, WorkerProc, processes_in_group, spawn_tail, wait_until};
+use runlane_tests::process::{Fleet, PATIENCE, WorkerProc, processes_in_group, spawn_tail, wait_until};
 use serde_json::json;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
@@ -51,7 +51,7 @@ async fn tail_follows_a_shell_runbook(http: bool) {
     let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
     let mut output = Vec::new();
     let mut seen_live = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     while let Ok(Some(line)) = tokio::time::timeout_at(deadline.into(), lines.next_line()).await.expect("tail in time")
     {
         if line.ends_with("stdout | out-2") {
@@ -90,7 +90,7 @@ async fn start_sleeper(t: &TestDb, grace_ms: &str) -> (WorkerProc, RunId) {
     .await;
     let w = WorkerProc::spawn(Path::new(BIN), &t.url, "drainer", &[("RUNLANE__WORKER__SHUTDOWN_GRACE_MS", grace_ms)]);
     let run = t.enqueue("sleeper", Lane::B).await;
-    wait_until("the step to start", Duration::from_secs(20), || event_with_body(t, run, "started")).await;
+    wait_until("the step to start", PATIENCE, || event_with_body(t, run, "started")).await;
     (w, run)
 }
 
@@ -99,7 +99,7 @@ async fn sigterm_lets_a_run_finish_within_the_grace() {
     let t = TestDb::new().await;
     let (mut w, run) = start_sleeper(&t, "10000").await;
     w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(15));
+    let status = w.wait_exit(PATIENCE);
     assert!(status.success(), "worker exits 0 after draining\n{}", w.log());
     let rec = run_status(&t, run).await;
     assert_eq!((rec.status.as_str(), rec.attempt), ("succeeded", 1), "{}", w.log());
@@ -111,7 +111,7 @@ async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
     let t = TestDb::new().await;
     let (mut w, run) = start_sleeper(&t, "1000").await;
     w.signal("TERM");
-    let status = w.wait_exit(Duration::from_secs(10));
+    let status = w.wait_exit(PATIENCE);
     assert!(status.success(), "{}", w.log());
     let rec = run_status(&t, run).await;
     assert_eq!((rec.status.as_str(), rec.failed_attempts, rec.crash_count), ("queued", 0, 0), "{}", w.log());
@@ -120,7 +120,7 @@ async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
     assert_eq!(requeued.data.as_ref().expect("data")["reason"], "interrupted");
 
     let _other = WorkerProc::spawn(Path::new(BIN), &t.url, "other", &[]);
-    let done = wait_until("the other worker to finish it", Duration::from_secs(20), || async {
+    let done = wait_until("the other worker to finish it", PATIENCE, || async {
         let rec = run_status(&t, run).await;
         (rec.status == "succeeded").then_some(rec)
     })
@@ -153,20 +153,16 @@ async fn cancel_kills_a_stubborn_step(http: bool) {
     let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     let _w = fleet.worker(Path::new(BIN), "canceller", &[]);
     let run = t.enqueue("stubborn", Lane::C).await;
-    let pgid_line =
-        wait_until("the step to start", Duration::from_secs(20), || event_with_body(&t, run, "pgid ")).await;
+    let pgid_line = wait_until("the step to start", PATIENCE, || event_with_body(&t, run, "pgid ")).await;
     let pgid: u32 = pgid_line.body.expect("body").trim_start_matches("pgid ").trim().parse().expect("pgid");
     assert!(processes_in_group(pgid) >= 2, "the step and its child run");
 
-    let asked = Instant::now();
+    // The step ignores SIGTERM and would sleep 300 s: its group goes only because the cancel
+    // reached the worker and the grace ended in SIGKILL. (How fast is `runlane bench`'s cancel_p95_ms.)
     assert_eq!(db::cancel_run(&t.pool, run, Some("test")).await.expect("cancel"), "cancel_requested");
-    wait_until("the process group to be gone", Duration::from_secs(2), || async {
-        (processes_in_group(pgid) == 0).then_some(())
-    })
-    .await;
-    let gone_after = asked.elapsed();
-    assert!(gone_after < Duration::from_secs(2), "gone {gone_after:?} after cancel (grace 1 s + 1 s)");
-    let rec = wait_until("the run to be cancelled", Duration::from_secs(10), || async {
+    wait_until("the process group to be gone", PATIENCE, || async { (processes_in_group(pgid) == 0).then_some(()) })
+        .await;
+    let rec = wait_until("the run to be cancelled", PATIENCE, || async {
         let rec = run_status(&t, run).await;
         (rec.status != "running").then_some(rec)
     })
@@ -174,4 +170,46 @@ async fn cancel_kills_a_stubborn_step(http: bool) {
     assert_eq!(rec.status, "cancelled");
     assert!(event_with_body(&t, run, "cleaned up").await.is_some(), "the always step ran");
     assert!(event_with_body(&t, run, "should-not-run").await.is_none(), "a normal step after cancel did not");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_artifact_from_a_worker_behind_the_api_downloads_whole() {
+    let t = TestDb::new().await;
+    t.apply(
+        "big-artifact",
+        json!({"steps": [{"name": "s", "kind": "shell",
+            "command": "head -c 1048576 /dev/urandom > \"$RUNLANE_ARTIFACTS/big.bin\"; sha256sum \"$RUNLANE_ARTIFACTS/big.bin\""}]}),
+    )
+    .await;
+    let fleet = Fleet::of(Path::new(BIN), &t, true).await;
+    let _w = fleet.worker(Path::new(BIN), "remote", &[]);
+    let run = t.enqueue("big-artifact", Lane::B).await;
+    let rec = wait_until("the run to finish", PATIENCE, || async {
+        let rec = run_status(&t, run).await;
+        (rec.status != "queued" && rec.status != "running").then_some(rec)
+    })
+    .await;
+    assert_eq!(rec.status, "succeeded", "{rec:?}");
+    let printed = event_with_body(&t, run, "big.bin").await.expect("the step printed its sha256");
+    let sha = printed.body.expect("body").split_whitespace().next().expect("sha").to_string();
+
+    let Fleet::Http { base, .. } = &fleet else { unreachable!("an HTTP fleet") };
+    let (_, viewer) = runlane_tests::api::token(&t.pool, "viewer", None).await;
+    let client = reqwest::Client::new();
+    let list: serde_json::Value = client
+        .get(format!("{base}/v1/runs/{run}/artifacts"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let artifact = &list["artifacts"][0];
+    assert_eq!((artifact["name"].as_str(), artifact["size_bytes"].as_i64()), (Some("big.bin"), Some(1 << 20)));
+    assert_eq!(artifact["sha256"].as_str(), Some(sha.as_str()), "recorded as the step computed it");
+    let url = format!("{base}{}", artifact["url"].as_str().expect("url"));
+    let bytes = client.get(url).send().await.expect("download").bytes().await.expect("bytes");
+    use sha2::Digest;
+    assert_eq!(runlane_core::artifacts::hex(&sha2::Sha256::digest(&bytes)), sha, "the bytes downloaded match");
 }

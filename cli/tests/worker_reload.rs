@@ -2,10 +2,9 @@
 
 use runlane_core::model::Lane;
 use runlane_tests::TestDb;
-use runlane_tests::process::{WorkerProc, wait_until};
+use runlane_tests::process::{PATIENCE, WorkerProc, wait_until};
 use serde_json::json;
 use std::path::Path;
-use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
 
@@ -16,19 +15,16 @@ async fn sighup_reloads_lanes_from_the_config_file() {
     let config = std::env::temp_dir().join(format!("runlane-reload-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&config, "[worker]\nlanes = [\"A\"]\nslots = 2\n").expect("config");
     let config_env = config.to_string_lossy().to_string();
-    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "reloader", &[("RUNLANE_CONFIG", config_env.as_str())]);
+    // Both wait before the worker starts: its first claim (2 slots) would take both if it served C.
     let in_a = t.enqueue("quick", Lane::A).await;
     let in_c = t.enqueue("quick", Lane::C).await;
-    wait_until("the lane A run", Duration::from_secs(20), || async {
-        (t.status(in_a).await == "succeeded").then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // several poll intervals
+    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "reloader", &[("RUNLANE_CONFIG", config_env.as_str())]);
+    wait_until("the lane A run", PATIENCE, || async { (t.status(in_a).await == "succeeded").then_some(()) }).await;
     assert_eq!(t.status(in_c).await, "queued", "lane C is not served yet");
 
     std::fs::write(&config, "[worker]\nlanes = [\"C\", \"A\"]\nslots = 3\n").expect("config");
     w.signal("HUP");
-    wait_until("the lane C run after the reload", Duration::from_secs(20), || async {
+    wait_until("the lane C run after the reload", PATIENCE, || async {
         (t.status(in_c).await == "succeeded").then_some(())
     })
     .await;
@@ -40,9 +36,6 @@ async fn sighup_reloads_lanes_from_the_config_file() {
     assert_eq!((lanes, slots), (vec!["C".to_string(), "A".to_string()], 3), "the new lanes and slots are recorded");
     std::fs::write(&config, "[worker]\nlanez = [\"B\"]\n").expect("config");
     w.signal("HUP");
-    wait_until("the refusal in the log", Duration::from_secs(10), || async {
-        w.log().contains("reload refused").then_some(())
-    })
-    .await;
+    wait_until("the refusal in the log", PATIENCE, || async { w.log().contains("reload refused").then_some(()) }).await;
     let _ = std::fs::remove_file(&config);
 }

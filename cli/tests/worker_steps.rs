@@ -7,18 +7,17 @@ use axum::routing::get;
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{WorkerProc, wait_until};
+use runlane_tests::process::{PATIENCE, WorkerProc, wait_until};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runlane");
 
 async fn finished(t: &TestDb, run: RunId) -> RunRecord {
-    wait_until("the run to finish", Duration::from_secs(30), || async {
+    wait_until("the run to finish", PATIENCE, || async {
         let rec = db::get_run(&t.pool, run).await.expect("run");
         RunStatus::is_final(rec.status.parse().expect("status")).then_some(rec)
     })
@@ -171,7 +170,7 @@ async fn health_readiness_and_metrics_answer() {
     let t = TestDb::new().await;
     t.apply_noop().await;
     let w = WorkerProc::spawn(Path::new(BIN), &t.url, "healthy", &[]);
-    let addr = wait_until("the health address in the log", Duration::from_secs(20), || async {
+    let addr = wait_until("the health address in the log", PATIENCE, || async {
         let log = w.log();
         log.split("health=")
             .nth(1)

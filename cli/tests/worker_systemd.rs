@@ -2,7 +2,7 @@
 //! STOPPING=1 on SIGTERM — read from a real NOTIFY_SOCKET.
 
 use runlane_tests::TestDb;
-use runlane_tests::process::WorkerProc;
+use runlane_tests::process::{PATIENCE, WorkerProc};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,6 +41,6 @@ async fn the_worker_speaks_the_systemd_notify_protocol() {
     w.signal("TERM");
     let got = receive_until(&sock, Duration::from_secs(10), |g| g.iter().any(|m| m.contains("STOPPING=1")));
     assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
-    assert!(w.wait_exit(Duration::from_secs(10)).success());
+    assert!(w.wait_exit(PATIENCE).success());
     let _ = std::fs::remove_file(&path);
 }

@@ -208,7 +208,7 @@ fn free_port() -> io::Result<u16> {
 }
 
 /// Whether this process runs as root (the owner of /proc/self is the effective uid).
-fn running_as_root() -> io::Result<bool> {
+pub fn running_as_root() -> io::Result<bool> {
     Ok(std::fs::metadata("/proc/self")?.uid() == 0)
 }
 

@@ -1,8 +1,10 @@
 //! The executor API served in-process on a free loopback port, over a test's database.
 
+use runlane_core::artifacts::ArtifactStore;
 use runlane_core::db;
+
 use runlane_core::model::Lane;
-use runlane_core::settings::Settings;
+use runlane_core::settings::{ArtifactSettings, Settings};
 use runlane_executor_api::auth::{new_token, token_hash};
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,25 @@ impl TestApi {
         let (addr, _task) =
             runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await.expect("serve");
         TestApi { addr, base: format!("http://{addr}"), stop, artifacts_dir: settings.artifacts.local_dir.clone() }
+    }
+
+    /// The API's artifact store (a local directory).
+    pub fn artifact_store(&self) -> ArtifactStore {
+        let settings = ArtifactSettings { local_dir: self.artifacts_dir.clone(), ..Default::default() };
+        ArtifactStore::from_settings(&settings).expect("artifact store")
+    }
+
+    /// Every file in the API's artifact store.
+    pub fn stored_files(&self) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![self.artifacts_dir.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() { pending.push(path) } else { found.push(path) }
+            }
+        }
+        found
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -7,12 +7,14 @@
 //!   `initdb`/`pg_ctl` on PATH), or, when `DATABASE_URL` is set, a new database on that server.
 //! - [`api`]: the executor API served in-process, and tokens for it.
 //! - [`docker`]: the Docker engine for docker-step tests (a locally imported busybox image).
+//! - [`lossy`]: a broker whose replies get lost (or whose calls are refused), in front of a real one.
 //! - [`process`]: real `runlane worker` processes for fleet and fault tests (used from cli/tests/).
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and PostgreSQL.
 //! - `tests/`: one file per area (queue contract, executors …).
 
 pub mod api;
 pub mod docker;
+pub mod lossy;
 pub mod process;
 pub mod proxy;
 

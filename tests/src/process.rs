@@ -105,6 +105,11 @@ impl Drop for WorkerProc {
     }
 }
 
+/// How long a test waits for a state (a run to finish, a process to go) before it calls it hung. A
+/// guard against hangs, not a measure of speed: latency targets are measured by `runlane bench`, and
+/// a loaded 2-core machine running the whole suite can be slow.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Polls `check` every 25 ms until it returns Some, failing the test after `limit`.
 pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

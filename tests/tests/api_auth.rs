@@ -159,3 +159,38 @@ async fn over_the_rate_limit_is_429_with_retry_after() {
     assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(retry_after.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
 }
+
+#[tokio::test]
+async fn failed_authentications_are_limited_by_address_and_write_nothing() {
+    let t = TestDb::new().await;
+    let api = TestApi::start(t.pool.clone(), |s| {
+        s.api.address_rate_per_s = 1;
+        s.api.address_rate_burst = 5;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let garbage = format!("rlt_not-a-token-{i}");
+        statuses.push(client.get(api.url("/v1/runs")).bearer_auth(&garbage).send().await.expect("request").status());
+    }
+    assert!(statuses[..5].iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "each made-up token: {statuses:?}");
+
+    let (id, expired) = token(&t.pool, "viewer", None).await;
+    sqlx::query("UPDATE runlane.api_tokens SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&t.pool)
+        .await
+        .expect("expire");
+    let roomy = TestApi::start(t.pool.clone(), |_| {}).await;
+    let resp = client.get(roomy.url("/v1/runs")).bearer_auth(&expired).send().await.expect("expired");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let used: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT last_used_at FROM runlane.api_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_one(&t.pool)
+            .await
+            .expect("token");
+    assert_eq!(used, None, "a refused token is not written to");
+}

@@ -239,3 +239,71 @@ async fn signed_artifact_urls_download_exact_bytes_and_refuse_tampering_or_expir
     let resp = reqwest::get(api.url(&expired)).await.expect("expired");
     assert_eq!(resp.status(), StatusCode::FORBIDDEN, "a correctly signed but expired URL");
 }
+
+#[tokio::test]
+async fn an_upload_with_a_stale_lease_or_a_taken_name_never_touches_the_holders_bytes() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let api = TestApi::start(t.pool.clone(), |_| {}).await;
+    let (_, viewer) = token(&t.pool, "viewer", None).await;
+    let (_, worker_token) = token(&t.pool, "worker", None).await;
+    let run = t.enqueue("noop", Lane::A).await;
+    let worker = t.register(&[Lane::A], 60_000).await;
+    let lease = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim")[0].lease();
+    let client = reqwest::Client::new();
+    let upload = |name: &str, lease: uuid::Uuid, step: i32, bytes: Vec<u8>| {
+        client
+            .put(api.url(&format!("/v1/runs/{run}/artifacts/{name}?lease={lease}&step={step}")))
+            .bearer_auth(&worker_token)
+            .body(bytes)
+            .send()
+    };
+    let holders: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect(); // stored in the object store
+    let other = vec![7u8; 400_000];
+    let resp = upload("dump.bin", lease.token, 0, holders.clone()).await.expect("upload");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = upload("dump.bin", uuid::Uuid::new_v4(), 0, other.clone()).await.expect("forged");
+    assert_eq!(resp.status(), StatusCode::CONFLICT, "a forged lease");
+    let resp = upload("dump.bin", lease.token, 1, other.clone()).await.expect("second");
+    assert_eq!(resp.status(), StatusCode::CONFLICT, "the same name from another step");
+    for bad in ["..%2F..%2Fx", "%2Fetc%2Fy", "a%2F..%2Fb"] {
+        let resp = upload(bad, lease.token, 0, b"x".to_vec()).await.expect("bad name");
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+
+    let list = api.get_json(&format!("/v1/runs/{run}/artifacts"), &viewer).await;
+    let artifacts = list["artifacts"].as_array().expect("artifacts");
+    assert_eq!(artifacts.len(), 1, "{list}");
+    let got = reqwest::get(api.url(artifacts[0]["url"].as_str().expect("url"))).await.expect("download");
+    assert_eq!(&got.bytes().await.expect("bytes")[..], &holders[..], "the holder's bytes, untouched");
+    assert_eq!(api.stored_files().len(), 1, "nothing refused left bytes behind: {:?}", api.stored_files());
+}
+
+#[tokio::test]
+async fn pruning_a_run_deletes_its_stored_artifact_bytes() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let api = TestApi::start(t.pool.clone(), |_| {}).await;
+    let (_, worker_token) = token(&t.pool, "worker", None).await;
+    let run = t.enqueue("noop", Lane::A).await;
+    let worker = t.register(&[Lane::A], 60_000).await;
+    let lease = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim")[0].lease();
+    let resp = reqwest::Client::new()
+        .put(api.url(&format!("/v1/runs/{run}/artifacts/dump.bin?lease={}", lease.token)))
+        .bearer_auth(&worker_token)
+        .body(vec![1u8; 300_000])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    db::complete_run(&t.pool, lease, Outcome::Cancelled, None, None).await.expect("complete");
+    assert_eq!(api.stored_files().len(), 1);
+
+    let later = SweepOptions { now: Some(chrono::Utc::now() + chrono::Duration::days(30)), ..Default::default() };
+    assert_eq!(db::sweep_at(&t.pool, &later).await.expect("sweep").pruned, 1);
+    assert_eq!(api.stored_files().len(), 1, "the bytes outlive the row until the store's holder deletes them");
+    let deleted = api.artifact_store().delete_doomed(&t.pool, 100).await.expect("delete");
+    assert_eq!(deleted, 1);
+    assert!(api.stored_files().is_empty(), "{:?}", api.stored_files());
+    assert_eq!(api.artifact_store().delete_doomed(&t.pool, 100).await.expect("again"), 0, "nothing left to do");
+}

@@ -10,7 +10,8 @@ use runlane_core::model::*;
 use runlane_core::settings::ArtifactSettings;
 use runlane_core::steps::{HttpStep, ShellStep, StepAction, parse_steps};
 use runlane_core::{broker::PgBroker, db};
-use runlane_tests::{TestDb, process::wait_until};
+use runlane_tests::TestDb;
+use runlane_tests::process::{PATIENCE, wait_until};
 use runlane_worker::event_writer::{EventWriter, WriterOptions};
 use runlane_worker::executors::{
     ArtifactData, Executor, StepContext, StepOutcome, http::HttpExecutor, shell::ShellExecutor,
@@ -214,7 +215,7 @@ async fn cancel_terms_then_kills_the_whole_group_within_the_grace() {
     };
     let cancel = async {
         // The shell and its two sleeps, in their own group.
-        let pgid = wait_until("the step to start", Duration::from_secs(10), || async {
+        let pgid = wait_until("the step to start", PATIENCE, || async {
             let out = lines(&h.events().await, "stdout");
             let pgid = out.first().and_then(|l| l.parse::<u32>().ok())?;
             (out.iter().any(|l| l == "started") && processes_in_group(pgid) == 3).then_some(pgid)
@@ -227,24 +228,50 @@ async fn cancel_terms_then_kills_the_whole_group_within_the_grace() {
     assert_eq!(outcome.status, StepStatus::Cancelled, "{outcome:?}");
     let took = ended - cancelled_at;
     assert!(took >= grace - Duration::from_millis(100), "SIGTERM is ignored, so the grace is waited: {took:?}");
-    assert!(took <= grace + Duration::from_secs(1), "SIGKILL after the grace: {took:?}");
-    assert_eq!(processes_in_group(pgid), 0, "no process of the step's group is left");
+    assert_eq!(processes_in_group(pgid), 0, "SIGKILL took every process of the step's group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_given_up_cuts_the_grace_short() {
+    let t = TestDb::new().await;
+    // A step that ignores SIGTERM, with a grace longer than this test may take.
+    let step = sh("echo $$; echo started; trap '' TERM; sleep 300 & sleep 300; wait");
+    let mut h = harness(&t, &step, json!({}), &[], (LONG, Duration::from_secs(3600))).await;
+    h.ctx.lease_loss_grace = Duration::from_millis(200);
+    let spec = shell_spec(&step);
+    let give_up = async {
+        let pgid = wait_until("the step to start", PATIENCE, || async {
+            let out = lines(&h.events().await, "stdout");
+            let pgid = out.first().and_then(|l| l.parse::<u32>().ok())?;
+            (out.iter().any(|l| l == "started") && processes_in_group(pgid) == 3).then_some(pgid)
+        })
+        .await;
+        // What the run task does when no heartbeat got through: lease lost, then abort.
+        h.ctx.lease_lost.cancel();
+        h.ctx.cancel.cancel();
+        pgid
+    };
+    let run = tokio::time::timeout(PATIENCE, h.run(&ShellExecutor, &spec));
+    let (outcome, pgid) = tokio::join!(run, give_up);
+    let (outcome, _) = outcome.expect("the step was killed after the short grace, not the step's hour");
+    assert_eq!(outcome.status, StepStatus::Cancelled, "{outcome:?}");
+    assert_eq!(processes_in_group(pgid), 0, "SIGKILL took every process of the step's group");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_stops_the_step_and_background_children_do_not_hold_it() {
     let t = TestDb::new().await;
-    let started = Instant::now();
-    let (outcome, _) = shell(&t, sh("sleep 30"), json!({}), Duration::from_millis(300)).await;
+    let step = sh("trap 'echo got-term; exit 0' TERM; sleep 30 & wait");
+    let (outcome, events) = shell(&t, step, json!({}), Duration::from_millis(300)).await;
     assert_eq!(outcome.status, StepStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 300 ms"));
-    assert!(started.elapsed() < Duration::from_secs(2), "SIGTERM ended it, no grace waited: {:?}", started.elapsed());
+    assert_eq!(lines(&events, "stdout"), vec!["got-term"], "the timeout sent SIGTERM and the step ended on it");
 
-    // The background sleep keeps stdout open after the shell exits; the step must not wait for it.
-    let started = Instant::now();
-    let (outcome, events) = shell(&t, sh("echo $$; sleep 300 & echo done"), json!({}), LONG).await;
+    // The background sleep keeps stdout open after the shell exits; the step must not wait for it
+    // (it would for 300 s, past this test's patience).
+    let step = shell(&t, sh("echo $$; sleep 300 & echo done"), json!({}), LONG);
+    let (outcome, events) = tokio::time::timeout(PATIENCE, step).await.expect("the step ended with its shell");
     assert_eq!((outcome.status, outcome.exit_code), (StepStatus::Succeeded, Some(0)));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     let out = lines(&events, "stdout");
     assert_eq!(out.get(1).map(String::as_str), Some("done"), "{out:?}");
     let pgid: u32 = out[0].parse().expect("pgid");
@@ -390,11 +417,10 @@ async fn http_json_bodies_are_filled_with_params_and_sent_as_json() {
 async fn http_cancel_and_timeout_end_a_slow_request() {
     let t = TestDb::new().await;
     let (base, _) = server().await;
+    // /slow answers after 30 s: only a timeout or a cancel ends the step without its answer.
     let step = json!({"name": "s", "kind": "http", "url": format!("{base}/slow")});
-    let started = Instant::now();
     let (outcome, _, _h) = http(&t, step.clone(), json!({}), Duration::from_millis(300)).await;
     assert_eq!(outcome.status, StepStatus::TimedOut, "{outcome:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 
     let h = harness(&t, &step, json!({}), &[], (LONG, GRACE)).await;
     let ex = HttpExecutor::new().expect("http client");
@@ -402,9 +428,20 @@ async fn http_cancel_and_timeout_end_a_slow_request() {
     let cancel = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         h.ctx.cancel.cancel();
-        Instant::now()
     };
-    let ((outcome, _), cancelled_at) = tokio::join!(h.run(&ex, &spec), cancel);
+    let ((outcome, _), ()) = tokio::join!(h.run(&ex, &spec), cancel);
     assert_eq!(outcome.status, StepStatus::Cancelled, "{outcome:?}");
-    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "{:?}", cancelled_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_param_too_large_for_the_environment_reaches_the_step_as_a_file() {
+    let t = TestDb::new().await;
+    // Over the kernel's 128 KiB for one environment string, and spliced into the command too.
+    let big = "p".repeat(200 * 1024);
+    let step = sh(
+        r#"wc -c < "$RUNLANE_PARAM_BIG_FILE"; printf %s ${{ params.big }} | wc -c; echo "${RUNLANE_PARAM_BIG:-absent}""#,
+    );
+    let (outcome, events) = shell(&t, step, json!({"big": big, "small": "s"}), LONG).await;
+    assert_eq!(outcome.status, StepStatus::Succeeded, "{outcome:?}");
+    assert_eq!(lines(&events, "stdout"), vec!["204800", "204800", "absent"]);
 }

@@ -1,10 +1,11 @@
-//! The Broker's notice stream: lane wake-ups and cancel requests arrive at once.
+//! The Broker's notice stream: lane wake-ups and cancel requests reach subscribers (how fast is
+//! `runlane bench`'s pickup and cancel figures).
 
 use runlane_core::broker::{Broker, Notice};
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use std::time::Duration;
+use runlane_tests::process::PATIENCE;
 
 #[tokio::test]
 async fn enqueue_and_cancel_reach_subscribers_at_once() {
@@ -16,11 +17,11 @@ async fn enqueue_and_cancel_reach_subscribers_at_once() {
 
     t.enqueue("noop", Lane::A).await; // not subscribed: no notice
     let run = t.enqueue("noop", Lane::B).await;
-    let first = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await.expect("in time");
+    let first = tokio::time::timeout(PATIENCE, notices.recv()).await.expect("in time");
     assert_eq!(first, Some(Notice::LaneReady(Lane::B)));
 
     db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim");
     db::cancel_run(&t.pool, run, None).await.expect("cancel");
-    let next = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await.expect("in time");
+    let next = tokio::time::timeout(PATIENCE, notices.recv()).await.expect("in time");
     assert_eq!(next, Some(Notice::Cancel(run)));
 }

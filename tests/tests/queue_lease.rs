@@ -5,8 +5,9 @@ use runlane_core::db;
 use runlane_core::model::*;
 use runlane_core::{Error, Result};
 use runlane_tests::TestDb;
+use runlane_tests::process::PATIENCE;
 use sqlx::postgres::PgListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn expect_lease_lost<T: std::fmt::Debug>(what: &str, r: Result<T>) {
     match r {
@@ -83,14 +84,11 @@ async fn cancel_queued_at_once_and_running_through_notify_and_heartbeat() {
 
     let mut listener = PgListener::connect(&t.url).await.expect("listener");
     listener.listen("runlane_cancel").await.expect("listen");
-    let asked = Instant::now();
     assert_eq!(db::cancel_run(&t.pool, running, Some("operator said so")).await.expect("cancel"), "cancel_requested");
-    let note = tokio::time::timeout(Duration::from_millis(100), listener.recv())
-        .await
-        .expect("cancel notification within 100 ms")
-        .expect("notification");
+    // Sent at the cancel's commit (how fast it arrives is `runlane bench`'s cancel_p95_ms).
+    let note =
+        tokio::time::timeout(PATIENCE, listener.recv()).await.expect("a cancel notification").expect("notification");
     assert_eq!(note.payload(), running.to_string());
-    assert!(asked.elapsed() < Duration::from_millis(100));
     assert!(db::heartbeat_run(&t.pool, lease).await.expect("heartbeat").cancel_requested);
     assert_eq!(t.status(running).await, "running", "a running run ends when its worker says so");
     db::complete_run(&t.pool, lease, Outcome::Cancelled, None, Some("cancelled")).await.expect("complete");

@@ -47,11 +47,17 @@ pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Ready when the database answers and its schema is this binary's.
+/// Ready when the database answers (within the ping interval) and its schema is this binary's.
 pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
-    match db::check_schema(&st.pool).await {
-        Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": e.to_string()}))),
+    let limit = Duration::from_millis(st.settings.db_ping_interval_ms);
+    let checked = tokio::time::timeout(limit, db::check_schema(&st.pool)).await;
+    match checked {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"ready": true}))),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": e.to_string()}))),
+        Err(_) => {
+            let reason = "the database did not answer in time";
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason})))
+        }
     }
 }
 

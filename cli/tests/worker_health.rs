@@ -1,0 +1,65 @@
+//! The worker's health endpoints tell the truth: liveness fails when its heartbeats stop getting
+//! through, readiness when the queue is unreachable; and a worker that cannot have its health port
+//! stops before it registers.
+
+use runlane_tests::TestDb;
+use runlane_tests::process::{PATIENCE, WorkerProc, wait_until};
+use runlane_tests::proxy::Proxy;
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runlane");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The status of GET `url`, or None when nothing answers.
+async fn status(url: &str) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
+}
+
+async fn wait_for(what: &str, url: &str, want: u16) {
+    wait_until(&format!("{what}: {url} answering {want}"), PATIENCE, || async {
+        (status(url).await == Some(want)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_readiness_fail_while_the_worker_is_cut_off_and_recover_after() {
+    let t = TestDb::new().await;
+    let upstream = format!("127.0.0.1:{}", t.cluster().port()).parse().expect("addr");
+    let proxy = Proxy::start(upstream).await;
+    let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _w = WorkerProc::spawn(Path::new(BIN), &cut_url, "watched", &[("RUNLANE__WORKER__LISTEN", listen.as_str())]);
+    let (healthz, readyz) = (format!("http://{listen}/healthz"), format!("http://{listen}/readyz"));
+    wait_for("up", &healthz, 200).await;
+    wait_for("up", &readyz, 200).await;
+
+    proxy.set_blackholed(true);
+    wait_for("cut off", &readyz, 503).await;
+    wait_for("cut off past a lease", &healthz, 503).await;
+    let body: serde_json::Value = reqwest::get(&healthz).await.expect("healthz").json().await.expect("json");
+    assert_eq!(body["live"], false, "{body}");
+
+    proxy.set_blackholed(false);
+    wait_for("back", &healthz, 200).await;
+    wait_for("back", &readyz, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_a_taken_health_port_stops_before_it_registers() {
+    let t = TestDb::new().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [("RUNLANE__WORKER__LISTEN", listen.as_str())];
+    let _first = WorkerProc::spawn(Path::new(BIN), &t.url, "first", &env);
+    wait_for("the first worker", &format!("http://{listen}/readyz"), 200).await;
+    let mut second = WorkerProc::spawn(Path::new(BIN), &t.url, "second", &env);
+    let exit = second.wait_exit(PATIENCE);
+    assert!(!exit.success(), "the second worker kept running");
+    let log = second.log();
+    assert!(log.contains(&listen) && log.contains("its own health port"), "{log}");
+    let rows = t.count("SELECT count(*) FROM runlane.workers").await;
+    assert_eq!(rows, 1, "the second worker left no row behind");
+}
