@@ -6,6 +6,7 @@ use crate::artifacts::{ArtifactBytes, ArtifactError, ArtifactStore};
 use crate::db;
 use crate::error::Result;
 use crate::model::*;
+use crate::ops::{OpOutcome, RunOps};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::future::Future;
@@ -40,17 +41,9 @@ pub trait Broker: Send + Sync + 'static {
         session: Option<SessionId>,
     ) -> impl Future<Output = Result<Vec<ClaimedRun>>> + Send;
     fn heartbeat_run(&self, lease: Lease) -> impl Future<Output = Result<HeartbeatReply>> + Send;
-    fn start_step(&self, lease: Lease, step: i32) -> impl Future<Output = Result<i64>> + Send;
-    fn finish_step(
-        &self,
-        lease: Lease,
-        step: i32,
-        status: StepStatus,
-        exit_code: Option<i32>,
-        error: Option<&str>,
-    ) -> impl Future<Output = Result<i64>> + Send;
-    /// `batch` numbers the run task's event batches 1, 2, 3 … within the attempt.
-    fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> impl Future<Output = Result<i64>> + Send;
+    /// Applies many runs' items in one call and one commit, each fenced by its own lease and
+    /// answered on its own (in order). The call's own error (the queue unreachable) is the outer one.
+    fn apply_ops(&self, items: &[RunOps]) -> impl Future<Output = Result<Vec<OpOutcome>>> + Send;
     /// Stores an artifact's bytes where this broker keeps them (inline or in the object store, by
     /// size) and records it.
     fn put_artifact(
@@ -58,13 +51,6 @@ pub trait Broker: Send + Sync + 'static {
         lease: Lease,
         artifact: &ArtifactBytes<'_>,
     ) -> impl Future<Output = Result<ArtifactId, ArtifactError>> + Send;
-    fn complete_run(
-        &self,
-        lease: Lease,
-        outcome: Outcome,
-        result: Option<&serde_json::Value>,
-        error: Option<&str>,
-    ) -> impl Future<Output = Result<RunStatus>> + Send;
     fn lane_stats(&self) -> impl Future<Output = Result<Vec<LaneStats>>> + Send;
     /// The fleet (database) this broker serves; step containers are labelled with it.
     fn fleet_id(&self) -> impl Future<Output = Result<uuid::Uuid>> + Send;
@@ -116,37 +102,12 @@ impl Broker for PgBroker {
         db::heartbeat_run(&self.pool, lease).await
     }
 
-    async fn start_step(&self, lease: Lease, step: i32) -> Result<i64> {
-        db::start_step(&self.pool, lease, step).await
-    }
-
-    async fn finish_step(
-        &self,
-        lease: Lease,
-        step: i32,
-        status: StepStatus,
-        exit_code: Option<i32>,
-        error: Option<&str>,
-    ) -> Result<i64> {
-        db::finish_step(&self.pool, lease, step, status, exit_code, error).await
-    }
-
-    async fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> Result<i64> {
-        db::append_events(&self.pool, lease, Some(batch), events).await
+    async fn apply_ops(&self, items: &[RunOps]) -> Result<Vec<OpOutcome>> {
+        db::apply_ops(&self.pool, items).await
     }
 
     async fn put_artifact(&self, lease: Lease, artifact: &ArtifactBytes<'_>) -> Result<ArtifactId, ArtifactError> {
         self.artifacts.save(&self.pool, lease, artifact).await
-    }
-
-    async fn complete_run(
-        &self,
-        lease: Lease,
-        outcome: Outcome,
-        result: Option<&serde_json::Value>,
-        error: Option<&str>,
-    ) -> Result<RunStatus> {
-        db::complete_run(&self.pool, lease, outcome, result, error).await
     }
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {

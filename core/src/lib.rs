@@ -9,6 +9,7 @@
 //! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
 //!   connecting and the embedded migrations.
 //! - [`broker`]: the `Broker` seam a worker reaches the queue through, and its PostgreSQL implementation.
+//! - [`ops`]: the batched writes about runs (`RunOps`) and their answers, on the seam and on the wire.
 //! - [`settings`]: the layered, validated settings of every process.
 //! - [`steps`]: the step DSL (shell, docker, http, noop) and `${{ params.x }}` substitution.
 //! - [`templates`]: template files (YAML) parsed and checked before they are applied.
@@ -20,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod local_pg;
 pub mod model;
+pub mod ops;
 pub mod settings;
 pub mod steps;
 pub mod templates;

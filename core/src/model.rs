@@ -92,6 +92,9 @@ impl FromStr for Lane {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Due later (a `run_at` ahead, a retry's backoff): out of the claim's way until the sweeper
+    /// promotes it.
+    Scheduled,
     Queued,
     Running,
     Succeeded,
@@ -102,6 +105,7 @@ pub enum RunStatus {
 impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            RunStatus::Scheduled => "scheduled",
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
@@ -126,6 +130,7 @@ impl FromStr for RunStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "scheduled" => Ok(RunStatus::Scheduled),
             "queued" => Ok(RunStatus::Queued),
             "running" => Ok(RunStatus::Running),
             "succeeded" => Ok(RunStatus::Succeeded),
@@ -326,10 +331,16 @@ pub struct EnqueueRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SweepOptions {
     pub now: Option<DateTime<Utc>>,
-    pub retention_s: Option<u64>,
     pub worker_timeout_s: Option<u64>,
     pub deadline_slack_s: Option<u64>,
-    pub prune_limit: Option<u32>,
+}
+
+/// A prune as of another time, or with another retention or limit: the owner's (and tests') call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneOptions {
+    pub now: Option<DateTime<Utc>>,
+    pub retention_s: Option<u64>,
+    pub limit: Option<u32>,
 }
 
 /// The fleet's sweeper policy (`sweep_policy()`), set by the database owner.
@@ -339,6 +350,21 @@ pub struct SweepPolicy {
     pub worker_timeout_s: i64,
     pub deadline_slack_s: i64,
     pub prune_limit: i32,
+}
+
+/// A change to the sweeper policy (`set_sweep_policy`); `None` keeps a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepPolicyChange {
+    pub retention_s: Option<u64>,
+    pub worker_timeout_s: Option<u64>,
+    pub deadline_slack_s: Option<u64>,
+    pub prune_limit: Option<u32>,
+}
+
+impl SweepPolicyChange {
+    pub fn is_empty(&self) -> bool {
+        *self == SweepPolicyChange::default()
+    }
 }
 
 /// What one sweep did.
@@ -355,10 +381,30 @@ pub struct SweepReport {
     pub crash_failed: u64,
     #[serde(default)]
     pub deadline_failed: u64,
+    /// Scheduled runs that became due and joined the queue.
+    #[serde(default)]
+    pub promoted: u64,
     #[serde(default)]
     pub workers_gone: u64,
+    /// Some kind of work had more than one pass takes: sweep again at once.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// What one prune did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Another pruner held the lock; nothing was done.
+    pub skipped: bool,
     #[serde(default)]
     pub pruned: u64,
+    #[serde(default)]
+    pub workers_pruned: u64,
+    #[serde(default)]
+    pub sessions_pruned: u64,
+    /// More runs are past the retention than one prune takes.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// A run as operators see it (`runlane show`, the API).
@@ -411,8 +457,14 @@ mod tests {
 
     #[test]
     fn run_status_round_trips_through_text() {
-        for s in [RunStatus::Queued, RunStatus::Running, RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled]
-        {
+        for s in [
+            RunStatus::Scheduled,
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
             assert_eq!(s.as_str().parse::<RunStatus>(), Ok(s));
         }
         assert!(RunStatus::Cancelled.is_final());

@@ -203,12 +203,15 @@ impl Default for DockerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperSettings {
     pub enabled: bool,
+    /// Between sweeper passes (requeue expired leases, deadlines, promote due runs, silent workers).
     pub interval_ms: u64,
+    /// Between prunes of finished runs past the retention (and of the objects of their artifacts).
+    pub prune_interval_ms: u64,
 }
 
 impl Default for SweeperSettings {
     fn default() -> Self {
-        SweeperSettings { enabled: true, interval_ms: 1_000 }
+        SweeperSettings { enabled: true, interval_ms: 1_000, prune_interval_ms: 60_000 }
     }
 }
 
@@ -287,8 +290,8 @@ impl Settings {
         if w.event_batch_max == 0 || w.event_batch_max > 5000 {
             problems.push("worker.event_batch_max must be between 1 and 5000".to_string());
         }
-        if self.sweeper.interval_ms == 0 {
-            problems.push("sweeper.interval_ms must be above 0".to_string());
+        if self.sweeper.interval_ms == 0 || self.sweeper.prune_interval_ms == 0 {
+            problems.push("sweeper.interval_ms and sweeper.prune_interval_ms must be above 0".to_string());
         }
         if self.database.max_connections < 2 {
             problems.push("database.max_connections must be at least 2".to_string());

@@ -110,7 +110,8 @@ fn schemas() -> Value {
     let int_or_null = json!({"type": "integer", "nullable": true});
     let lane = json!({"type": "string", "enum": ["A", "B", "C", "D"]});
     let lanes = json!({"type": "array", "items": lane});
-    let status = json!({"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]});
+    let status =
+        json!({"type": "string", "enum": ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"]});
     let run_props = json!({
         "id": uuid, "template": {"type": "string"}, "template_version": {"type": "integer"}, "lane": {"type": "string"},
         "priority": {"type": "integer"}, "status": status, "params": {"type": "object"},
@@ -179,17 +180,22 @@ fn schemas() -> Value {
         "ClaimedRuns": obj(&["runs"], json!({"runs": {"type": "array", "items": claimed}})),
         "LeaseBody": strict(&["lease"], json!({"lease": uuid})),
         "HeartbeatReply": obj(&["cancel_requested"], json!({"cancel_requested": {"type": "boolean"}})),
-        "SeqReply": obj(&["seq"], json!({"seq": {"type": "integer"}})),
-        "FinishStep": strict(&["lease", "status"], json!({
-            "lease": uuid, "status": {"type": "string", "enum": ["succeeded", "failed", "cancelled", "timed_out", "skipped"]},
-            "exit_code": {"type": "integer"}, "error": {"type": "string"}})),
-        "AppendEvents": strict(&["lease", "batch", "events"], json!({"lease": uuid, "batch": {"type": "integer", "minimum": 1},
-            "events": {"type": "array", "items": new_event}})),
-        "LastSeqReply": obj(&["last_seq"], json!({"last_seq": {"type": "integer"}})),
+        "OpsBatch": strict(&["items"], json!({"items": {"type": "array", "maxItems": 1000, "items": strict(&["lease", "op"], json!({
+            "lease": strict(&["run_id", "token"], json!({"run_id": uuid, "token": uuid})),
+            "op": {"type": "integer", "minimum": 1},
+            "events": {"type": "array", "items": new_event},
+            "finish": strict(&["step", "status"], json!({
+                "step": {"type": "integer", "minimum": 0},
+                "status": {"type": "string", "enum": ["succeeded", "failed", "cancelled", "timed_out", "skipped"]},
+                "exit_code": {"type": "integer"}, "error": {"type": "string"}})),
+            "start": {"type": "integer", "minimum": 0},
+            "complete": strict(&["outcome"], json!({
+                "outcome": {"type": "string", "enum": ["succeeded", "failed", "cancelled", "interrupted"]},
+                "result": {}, "error": {"type": "string"}}))}))}})),
+        "OpsAnswers": obj(&["outcomes"], json!({"outcomes": {"type": "array", "items": obj(&["item", "code"], json!({
+            "item": {"type": "integer"}, "code": {"type": "string"}, "last_seq": int_or_null,
+            "status": {"type": "string", "nullable": true}, "message": {"type": "string", "nullable": true}}))}})),
         "ArtifactCreated": obj(&["artifact_id"], json!({"artifact_id": uuid})),
-        "CompleteRun": strict(&["lease", "outcome"], json!({
-            "lease": uuid, "outcome": {"type": "string", "enum": ["succeeded", "failed", "cancelled", "interrupted"]},
-            "result": {}, "error": {"type": "string"}})),
         "RunIds": strict(&["run_ids"], json!({"run_ids": {"type": "array", "items": uuid}})),
         "RunningAttempts": obj(&["running"], json!({"running": {"type": "array", "items": obj(&["run_id", "attempt"], json!({
             "run_id": uuid, "attempt": {"type": "integer"}}))}})),

@@ -24,8 +24,13 @@ use runlane_core::db;
 use runlane_core::local_pg::{LocalPg, LocalPgOptions};
 use runlane_core::model::*;
 use runlane_core::settings::ArtifactSettings;
+use runlane_worker::batcher::{Batcher, BatcherOptions};
+use runlane_worker::metrics::Metrics;
+use runlane_worker::run_writer::{RunWriter, WriterOptions};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// A fresh, migrated runlane database that lives as long as the test holds it.
 #[derive(Debug)]
@@ -80,6 +85,13 @@ impl TestDb {
         };
         let settings = ArtifactSettings { local_dir: dir, ..Default::default() };
         PgBroker::new(self.pool.clone(), ArtifactStore::from_settings(&settings).expect("artifact store"))
+    }
+
+    /// A run writer for `lease` over this database (its own batcher), as a run task has.
+    pub fn run_writer(&self, lease: Lease, opts: WriterOptions, lease_lost: CancellationToken) -> RunWriter {
+        let metrics = Arc::new(Metrics::default());
+        let (batcher, _) = Batcher::spawn(Arc::new(self.broker()), BatcherOptions::default(), metrics.clone());
+        RunWriter::spawn(batcher, lease, opts, lease_lost, metrics).0
     }
 
     /// Applies a template spec given as JSON.

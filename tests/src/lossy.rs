@@ -1,10 +1,12 @@
-//! A broker whose replies get lost, in front of a real one: a call named lossy is carried out by the
-//! real broker and then answered, the first time, with a connection error, as when the reply is
-//! lost on its way back. A call named refused is answered with a conflict without being carried out.
+//! A broker whose replies get lost, in front of a real one: a batch holding an item seen for the
+//! first time (or an artifact uploaded for the first time) is carried out by the real broker, and then
+//! answered with a connection error, as when the reply is lost on its way back. It can also refuse
+//! every step finish (as a conflict) without carrying it out.
 
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::broker::{Broker, Notice};
 use runlane_core::model::*;
+use runlane_core::ops::{OpOutcome, RunOps};
 use runlane_core::{Error, Result};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -13,12 +15,12 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub struct LossyBroker<B> {
     inner: B,
-    lossy: HashSet<&'static str>,
-    refused: HashSet<&'static str>,
-    /// Calls (name and arguments) whose reply was already lost once.
-    lost: Mutex<HashSet<String>>,
-    /// Every call made, in order, by name.
-    pub calls: Mutex<Vec<&'static str>>,
+    lose_replies: bool,
+    refuse_finishes: bool,
+    /// Items (run, op) and artifacts already answered with a lost reply.
+    seen: Mutex<HashSet<String>>,
+    /// Replies lost so far.
+    pub lost: Mutex<u32>,
 }
 
 fn lost_reply() -> Error {
@@ -26,31 +28,19 @@ fn lost_reply() -> Error {
 }
 
 impl<B: Broker> LossyBroker<B> {
-    pub fn new(inner: B, lossy: &[&'static str], refused: &[&'static str]) -> Self {
-        LossyBroker {
-            inner,
-            lossy: lossy.iter().copied().collect(),
-            refused: refused.iter().copied().collect(),
-            lost: Mutex::default(),
-            calls: Mutex::default(),
-        }
+    /// `lose_replies`: lose the first reply for every item and artifact; `refuse_finishes`: answer
+    /// every item that finishes a step with a conflict.
+    pub fn new(inner: B, lose_replies: bool, refuse_finishes: bool) -> Self {
+        LossyBroker { inner, lose_replies, refuse_finishes, seen: Mutex::default(), lost: Mutex::default() }
     }
 
-    /// Whether this call's reply is to be lost now (the first time for these arguments).
-    fn lose(&self, name: &'static str, key: String) -> bool {
-        self.calls.lock().expect("calls").push(name);
-        self.lossy.contains(name) && self.lost.lock().expect("lost").insert(format!("{name}:{key}"))
+    /// Whether `key` is new (then it is remembered).
+    fn first_time(&self, key: String) -> bool {
+        self.lose_replies && self.seen.lock().expect("seen").insert(key)
     }
 
-    fn refuse(&self, name: &'static str) -> Result<()> {
-        if self.refused.contains(name) { Err(Error::Conflict(format!("{name} refused (test)"))) } else { Ok(()) }
-    }
-
-    /// Carries the call out, then loses its reply if it is lossy.
-    async fn pass<T>(&self, name: &'static str, key: String, call: impl Future<Output = Result<T>>) -> Result<T> {
-        self.refuse(name)?;
-        let result = call.await;
-        if result.is_ok() && self.lose(name, key) { Err(lost_reply()) } else { result }
+    fn count_lost(&self) {
+        *self.lost.lock().expect("lost") += 1;
     }
 }
 
@@ -77,44 +67,44 @@ impl<B: Broker> Broker for LossyBroker<B> {
         self.inner.heartbeat_run(lease).await
     }
 
-    async fn start_step(&self, lease: Lease, step: i32) -> Result<i64> {
-        self.pass("start_step", format!("{step}"), self.inner.start_step(lease, step)).await
-    }
-
-    async fn finish_step(
-        &self,
-        lease: Lease,
-        step: i32,
-        status: StepStatus,
-        exit_code: Option<i32>,
-        error: Option<&str>,
-    ) -> Result<i64> {
-        self.pass("finish_step", format!("{step}"), self.inner.finish_step(lease, step, status, exit_code, error)).await
-    }
-
-    async fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> Result<i64> {
-        self.pass("append_events", format!("{batch}"), self.inner.append_events(lease, batch, events)).await
+    async fn apply_ops(&self, items: &[RunOps]) -> Result<Vec<OpOutcome>> {
+        let refused = |item: &RunOps| self.refuse_finishes && item.finish.is_some();
+        let passed: Vec<RunOps> = items.iter().filter(|i| !refused(i)).cloned().collect();
+        let mut answers = self.inner.apply_ops(&passed).await?.into_iter();
+        let outcomes = items
+            .iter()
+            .enumerate()
+            .map(|(n, item)| {
+                let mut outcome = if refused(item) {
+                    OpOutcome {
+                        item: 0,
+                        code: "RL409".into(),
+                        last_seq: None,
+                        status: None,
+                        message: Some("finish refused (test)".into()),
+                    }
+                } else {
+                    answers.next().expect("an answer per item")
+                };
+                outcome.item = n as i32 + 1;
+                outcome
+            })
+            .collect();
+        let new = items.iter().filter(|i| self.first_time(format!("{}:{}", i.lease.run_id, i.op))).count();
+        if new > 0 {
+            self.count_lost();
+            return Err(lost_reply());
+        }
+        Ok(outcomes)
     }
 
     async fn put_artifact(&self, lease: Lease, artifact: &ArtifactBytes<'_>) -> Result<ArtifactId, ArtifactError> {
-        let queue = |e| ArtifactError::Queue { name: artifact.name.to_string(), source: e };
-        self.refuse("put_artifact").map_err(queue)?;
         let result = self.inner.put_artifact(lease, artifact).await;
-        if result.is_ok() && self.lose("put_artifact", artifact.id.to_string()) {
-            return Err(queue(lost_reply()));
+        if result.is_ok() && self.first_time(artifact.id.to_string()) {
+            self.count_lost();
+            return Err(ArtifactError::Queue { name: artifact.name.to_string(), source: lost_reply() });
         }
         result
-    }
-
-    async fn complete_run(
-        &self,
-        lease: Lease,
-        outcome: Outcome,
-        result: Option<&serde_json::Value>,
-        error: Option<&str>,
-    ) -> Result<RunStatus> {
-        let call = self.inner.complete_run(lease, outcome, result, error);
-        self.pass("complete_run", outcome.as_str().to_string(), call).await
     }
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {

@@ -159,17 +159,18 @@ async fn sse_gives_backlog_then_live_events_resumes_without_gap_and_keeps_alive(
             }
         })
     };
-    // Backlog 1..=5 (queued, claimed, 3 lines), live 6..=7, then a quiet spell with keep-alives.
-    let mut saw_seven_at = None;
+    // Backlog 1..=6 (queued, claimed, the first step started, 3 lines), live 7..=8, then a quiet spell
+    // with keep-alives.
+    let mut saw_last_at = None;
     let first = read_sse(resp, |msgs| {
-        if saw_seven_at.is_none() && ids(msgs).contains(&7) {
-            saw_seven_at = Some(msgs.len());
+        if saw_last_at.is_none() && ids(msgs).contains(&8) {
+            saw_last_at = Some(msgs.len());
         }
-        saw_seven_at.is_some_and(|at| msgs[at..].iter().filter(|m| **m == Sse::Comment).count() >= 2)
+        saw_last_at.is_some_and(|at| msgs[at..].iter().filter(|m| **m == Sse::Comment).count() >= 2)
     })
     .await;
     writer.await.expect("writer");
-    assert_eq!(ids(&first), (1..=7).collect::<Vec<_>>(), "backlog then live, in order, once each");
+    assert_eq!(ids(&first), (1..=8).collect::<Vec<_>>(), "backlog then live, in order, once each");
     assert!(first.contains(&Sse::Event { id: 2, kind: "run.claimed".into() }));
     assert!(first.iter().filter(|m| **m == Sse::Comment).count() >= 2, "keep-alives while the run is quiet");
 
@@ -178,10 +179,10 @@ async fn sse_gives_backlog_then_live_events_resumes_without_gap_and_keeps_alive(
         db::append_events(&t.pool, lease, Some(6 + i), &line(&format!("missed {i}"))).await.expect("append");
     }
     db::complete_run(&t.pool, lease, Outcome::Cancelled, None, None).await.expect("complete");
-    let resp = client.get(&url).bearer_auth(&viewer).header("Last-Event-ID", "7").send().await.expect("resume");
+    let resp = client.get(&url).bearer_auth(&viewer).header("Last-Event-ID", "8").send().await.expect("resume");
     let second = read_sse(resp, |_| false).await; // the stream ends after run.finished
-    assert_eq!(ids(&second), (8..=11).collect::<Vec<_>>(), "no gap and no duplicate after reconnecting");
-    assert_eq!(second.last(), Some(&Sse::Event { id: 11, kind: "run.finished".into() }));
+    assert_eq!(ids(&second), (9..=12).collect::<Vec<_>>(), "no gap and no duplicate after reconnecting");
+    assert_eq!(second.last(), Some(&Sse::Event { id: 12, kind: "run.finished".into() }));
 }
 
 #[tokio::test]
@@ -299,8 +300,8 @@ async fn pruning_a_run_deletes_its_stored_artifact_bytes() {
     db::complete_run(&t.pool, lease, Outcome::Cancelled, None, None).await.expect("complete");
     assert_eq!(api.stored_files().len(), 1);
 
-    let later = SweepOptions { now: Some(chrono::Utc::now() + chrono::Duration::days(30)), ..Default::default() };
-    assert_eq!(db::sweep_at(&t.pool, &later).await.expect("sweep").pruned, 1);
+    let later = PruneOptions { now: Some(chrono::Utc::now() + chrono::Duration::days(30)), ..Default::default() };
+    assert_eq!(db::prune_at(&t.pool, &later).await.expect("prune").pruned, 1);
     assert_eq!(api.stored_files().len(), 1, "the bytes outlive the row until the store's holder deletes them");
     let deleted = api.artifact_store().delete_doomed(&t.pool, 100).await.expect("delete");
     assert_eq!(deleted, 1);

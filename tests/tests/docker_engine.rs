@@ -1,19 +1,14 @@
 //! The docker executor when the engine is unreachable: the step fails with an error naming the
 //! engine; nothing hangs.
 
-use runlane_core::artifacts::ArtifactStore;
-use runlane_core::broker::PgBroker;
 use runlane_core::db;
 use runlane_core::model::*;
-use runlane_core::settings::ArtifactSettings;
 use runlane_tests::TestDb;
 use runlane_tests::proxy::UnixProxy;
-use runlane_worker::event_writer::{EventWriter, WriterOptions};
 use runlane_worker::executors::docker::DockerExecutor;
 use runlane_worker::executors::{Executor, StepContext};
-use runlane_worker::metrics::Metrics;
 use runlane_worker::output::{Masker, RunOutput};
-use std::sync::Arc;
+use runlane_worker::run_writer::WriterOptions;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,11 +26,7 @@ async fn an_unreachable_engine_fails_the_step_naming_the_engine() {
 
     let opts = WriterOptions { flush_interval: Duration::from_millis(10), batch_max: 100 };
     let dir = std::env::temp_dir().join(format!("runlane-docker-unreachable-{}", uuid::Uuid::new_v4().simple()));
-    let store = ArtifactStore::from_settings(&ArtifactSettings { local_dir: dir.join("store"), ..Default::default() })
-        .expect("store");
-    let broker = Arc::new(PgBroker::new(t.pool.clone(), store));
-    let lost = CancellationToken::new();
-    let (writer, _task) = EventWriter::spawn(broker, claimed.lease(), opts, lost, Arc::new(Metrics::default()));
+    let writer = t.run_writer(claimed.lease(), opts, CancellationToken::new());
     let output = RunOutput::new(writer, Masker::default(), 1 << 20, Duration::from_millis(50));
     let ctx = StepContext {
         run_id: run,

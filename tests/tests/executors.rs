@@ -5,19 +5,17 @@
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, body::Bytes, extract::State, routing::get, routing::post};
-use runlane_core::artifacts::ArtifactStore;
+use runlane_core::db;
 use runlane_core::model::*;
-use runlane_core::settings::ArtifactSettings;
 use runlane_core::steps::{HttpStep, ShellStep, StepAction, parse_steps};
-use runlane_core::{broker::PgBroker, db};
 use runlane_tests::TestDb;
 use runlane_tests::process::{PATIENCE, wait_until};
-use runlane_worker::event_writer::{EventWriter, WriterOptions};
 use runlane_worker::executors::{
     ArtifactData, Executor, StepContext, StepOutcome, http::HttpExecutor, shell::ShellExecutor,
 };
+use runlane_worker::run_writer::WriterOptions;
 use runlane_worker::step_files;
-use runlane_worker::{metrics::Metrics, output::Masker, output::RunOutput, process_group::processes_in_group};
+use runlane_worker::{output::Masker, output::RunOutput, process_group::processes_in_group};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, atomic::AtomicUsize, atomic::Ordering};
 use std::time::{Duration, Instant};
@@ -58,12 +56,7 @@ async fn harness(t: &TestDb, step: &Value, params: Value, secrets: &[&str], limi
     db::start_step(&t.pool, claimed.lease(), 0).await.expect("start step");
     let opts = WriterOptions { flush_interval: Duration::from_millis(20), batch_max: 256 };
     let dir = TempDir(std::env::temp_dir().join(format!("runlane-exec-{}", Uuid::new_v4().simple())));
-    let store =
-        ArtifactStore::from_settings(&ArtifactSettings { local_dir: dir.0.join("store"), ..Default::default() })
-            .expect("artifact store");
-    let broker = Arc::new(PgBroker::new(t.pool.clone(), store));
-    let (writer, _task) =
-        EventWriter::spawn(broker, claimed.lease(), opts, CancellationToken::new(), Arc::new(Metrics::default()));
+    let writer = t.run_writer(claimed.lease(), opts, CancellationToken::new());
     let masker = Masker::new(secrets.iter().map(|s| s.to_string()));
     let output = RunOutput::new(writer, masker, 1 << 20, Duration::from_millis(50));
     let work_dir = dir.0.join("work");

@@ -4,10 +4,8 @@
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_worker::event_writer::{EventWriter, WriterOptions};
-use runlane_worker::metrics::Metrics;
 use runlane_worker::output::{Masker, RunOutput};
-use std::sync::Arc;
+use runlane_worker::run_writer::WriterOptions;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +17,7 @@ async fn a_chatty_step_keeps_its_head_and_tail_and_records_the_gap() {
     let worker = t.register(&[Lane::A], 60_000).await;
     let lease = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim")[0].lease();
     let opts = WriterOptions { flush_interval: Duration::from_millis(10), batch_max: 100 };
-    let (writer, _task) =
-        EventWriter::spawn(Arc::new(t.broker()), lease, opts, CancellationToken::new(), Arc::new(Metrics::default()));
+    let writer = t.run_writer(lease, opts, CancellationToken::new());
     // 2,000 bytes kept: 1,000 of head, 1,000 of tail. Each line is "line NNNN" (9 bytes).
     let output = RunOutput::new(writer, Masker::default(), 2_000, Duration::from_millis(50));
     let sink = output.for_step(0);

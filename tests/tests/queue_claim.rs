@@ -91,7 +91,7 @@ async fn worker_lane_order_then_priority_then_run_at() {
     }
     assert_eq!(order, vec![b_high, b_mid, b_low, a_high, a_low], "lane B first, then by priority");
     assert!(!order.contains(&b_later), "a future run_at is not claimed");
-    assert_eq!(t.status(b_later).await, "queued");
+    assert_eq!(t.status(b_later).await, "scheduled", "it waits out of the claim's way");
     let stats = db::lane_stats(&t.pool).await.expect("lane stats");
     let b = stats.iter().find(|s| s.lane == "B").expect("lane B");
     assert_eq!((b.queued, b.scheduled, b.running), (0, 1, 3));
@@ -155,4 +155,73 @@ async fn lane_cap_holds_with_four_claimers() {
     assert_eq!(total, 40, "every run ran");
     assert!(samples > 10, "the monitor sampled throughout ({samples} samples)");
     assert_eq!(max_seen.load(Ordering::SeqCst), 1, "never more than one running in lane A");
+}
+
+/// What lane_stats reports against a count of the runs themselves.
+async fn assert_counts_true(t: &TestDb, when: &str) {
+    let truth: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT l.name,
+                (SELECT count(*) FROM runlane.runs r WHERE r.lane = l.name AND r.status = 'queued'),
+                (SELECT count(*) FROM runlane.runs r WHERE r.lane = l.name AND r.status = 'scheduled'),
+                (SELECT count(*) FROM runlane.runs r WHERE r.lane = l.name AND r.status = 'running')
+         FROM runlane.lanes l ORDER BY 1",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .expect("truth");
+    let stats = db::lane_stats(&t.pool).await.expect("lane stats");
+    let reported: Vec<(String, i64, i64, i64)> =
+        stats.into_iter().map(|s| (s.lane, s.queued, s.scheduled, s.running)).collect();
+    assert_eq!(reported, truth, "{when}");
+}
+
+#[tokio::test]
+async fn lane_stats_counts_match_the_runs_after_every_kind_of_move() {
+    let t = TestDb::new().await;
+    t.apply(
+        "retrying",
+        serde_json::json!({"max_attempts": 3, "backoff_base_ms": 60000, "max_crashes": 1,
+                                            "steps": [{"name": "s", "kind": "noop"}]}),
+    )
+    .await;
+    let worker = t.register(&Lane::ALL, 1_000).await;
+    for lane in Lane::ALL {
+        t.enqueue("retrying", lane).await;
+    }
+    let later = EnqueueRequest {
+        template: "retrying".into(),
+        params: serde_json::json!({}),
+        lane: Some(Lane::B),
+        run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    let batch = vec![later.clone(), EnqueueRequest { run_at: None, ..later.clone() }];
+    db::enqueue_runs(&t.pool, &batch).await.expect("enqueue runs");
+    assert_counts_true(&t, "after enqueues").await;
+
+    let claimed = db::claim_runs(&t.pool, worker, &Lane::ALL, 3, None).await.expect("claim");
+    assert_counts_true(&t, "after a claim").await;
+    db::complete_run(&t.pool, claimed[0].lease(), Outcome::Failed, None, Some("boom")).await.expect("retry");
+    db::finish_step(&t.pool, claimed[1].lease(), 0, StepStatus::Succeeded, None, None).await.expect("finish");
+    db::complete_run(&t.pool, claimed[1].lease(), Outcome::Succeeded, None, None).await.expect("succeed");
+    assert_counts_true(&t, "after endings").await;
+
+    let queued: RunId = sqlx::query_scalar("SELECT id FROM runlane.runs WHERE status = 'queued' LIMIT 1")
+        .fetch_one(&t.pool)
+        .await
+        .expect("a queued run");
+    db::cancel_run(&t.pool, queued, None).await.expect("cancel");
+    db::retry_run(&t.pool, queued).await.expect("retry");
+    assert_counts_true(&t, "after a cancel and a retry").await;
+
+    let hours = SweepOptions {
+        now: Some(chrono::Utc::now() + chrono::Duration::hours(2)),
+        worker_timeout_s: Some(86_400),
+        ..Default::default()
+    };
+    let report = db::sweep_at(&t.pool, &hours).await.expect("sweep");
+    assert!(report.requeued + report.crash_failed >= 1 && report.promoted >= 2, "{report:?}");
+    assert_counts_true(&t, "after a sweep (requeued, promoted, folded)").await;
+    let folded = t.count("SELECT count(*) FROM runlane.lane_counts").await;
+    assert!(folded <= 12, "one row per lane and status after folding, got {folded}");
 }

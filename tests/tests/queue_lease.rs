@@ -110,7 +110,7 @@ async fn failed_attempts_back_off_then_fail_and_the_crash_cap_fails_too() {
         let lease = db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim")[0].lease();
         let before: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&t.pool).await.expect("now");
         let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
-        assert_eq!(status, RunStatus::Queued, "attempt {n} of 3 failed: retry");
+        assert_eq!(status, RunStatus::Scheduled, "attempt {n} of 3 failed: retry after the backoff");
         let rec = db::get_run(&t.pool, run).await.expect("run");
         assert_eq!(rec.failed_attempts, n);
         assert!(
@@ -122,11 +122,10 @@ async fn failed_attempts_back_off_then_fail_and_the_crash_cap_fails_too() {
             db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim").is_empty(),
             "not before run_at"
         );
-        sqlx::query("UPDATE runlane.runs SET run_at = now() WHERE id = $1")
-            .bind(run)
-            .execute(&t.pool)
-            .await
-            .expect("skip wait");
+        // The sweeper, as of the retry's time, puts it back in the queue.
+        let due = SweepOptions { now: Some(rec.run_at), worker_timeout_s: Some(3600), ..Default::default() };
+        assert_eq!(db::sweep_at(&t.pool, &due).await.expect("sweep").promoted, 1);
+        assert_eq!(t.status(run).await, "queued");
     }
     let lease = db::claim_runs(&t.pool, worker, &[Lane::B], 1, None).await.expect("claim")[0].lease();
     let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
@@ -228,11 +227,11 @@ async fn pruning_never_deletes_a_run_retried_while_the_prune_waited() {
     db::retry_run(&mut *operator, run).await.expect("retry");
     let pool = t.pool.clone();
     let prune = tokio::spawn(async move {
-        let opts = SweepOptions { now: Some(Utc::now() + chrono::Duration::days(30)), ..Default::default() };
-        db::sweep_at(&pool, &opts).await.expect("sweep")
+        let opts = PruneOptions { now: Some(Utc::now() + chrono::Duration::days(30)), ..Default::default() };
+        db::prune_at(&pool, &opts).await.expect("prune")
     });
     // Give the prune every chance to block on the run's row lock before the retry commits.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%sweep%'";
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%prune%'";
     for _ in 0..200 {
         if prune.is_finished() || t.count(waiting).await > 0 {
             break;

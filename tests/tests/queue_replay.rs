@@ -127,19 +127,26 @@ async fn a_run_cannot_succeed_with_a_step_unfinished_failed_or_never_started() {
                          {"name": "c", "kind": "noop"}]}),
     )
     .await;
+    // The claim starts the first step.
     let (run, lease) = claim_one(&t, "three").await;
-    expect_conflict(
-        "nothing started",
-        db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await,
-        "step 0 'a' never started",
-    );
-    db::start_step(&t.pool, lease, 0).await.expect("start a");
     expect_conflict(
         "a running",
         db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await,
         "step 0 'a' is running",
     );
+    db::finish_step(&t.pool, lease, 0, StepStatus::Succeeded, Some(0), None).await.expect("a succeeded");
+    expect_conflict(
+        "b never started",
+        db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await,
+        "step 1 'b' never started",
+    );
+    assert_eq!(t.status(run).await, "running", "every refusal left the run as it was");
+    let (run, lease) = claim_one(&t, "three").await;
     db::finish_step(&t.pool, lease, 0, StepStatus::Failed, Some(1), Some("exit code 1")).await.expect("a failed");
+    for i in [1, 2] {
+        db::start_step(&t.pool, lease, i).await.expect("start");
+        db::finish_step(&t.pool, lease, i, StepStatus::Succeeded, None, None).await.expect("finish");
+    }
     expect_conflict(
         "a failed",
         db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await,

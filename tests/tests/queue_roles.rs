@@ -91,12 +91,14 @@ async fn only_the_owner_moves_the_sweepers_clock_or_retention() {
     for role in ["runlane_worker", "runlane_operator", "runlane_api"] {
         for sql in [
             "SELECT runlane.sweep(now() + interval '1 day', '0')",
-            "SELECT runlane.sweep_at(now() + interval '1 day', '0')",
+            "SELECT runlane.sweep_at(now() + interval '1 day')",
+            "SELECT runlane.prune_at(now() + interval '1 day', '0')",
             "SELECT runlane.set_sweep_policy('0', NULL, NULL)",
         ] {
             assert!(as_role(&t, role, sql).await.is_some(), "{role} may not run {sql}");
         }
         assert_eq!(as_role(&t, role, "SELECT runlane.sweep()").await, None, "{role} sweeps by the fleet's policy");
+        assert_eq!(as_role(&t, role, "SELECT runlane.prune()").await, None, "{role} prunes by the fleet's policy");
     }
     assert_eq!(t.status(live).await, "running", "nobody requeued the live run");
     assert_eq!(t.status(finished).await, "cancelled", "nobody pruned the history");

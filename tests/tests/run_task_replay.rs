@@ -7,6 +7,7 @@ use runlane_core::model::*;
 use runlane_core::settings::WorkerSettings;
 use runlane_tests::TestDb;
 use runlane_tests::lossy::LossyBroker;
+use runlane_worker::batcher::{Batcher, BatcherOptions};
 use runlane_worker::executors::{http::HttpExecutor, noop::NoopExecutor, shell::ShellExecutor};
 use runlane_worker::metrics::Metrics;
 use runlane_worker::run_task::{self, Executors, RunEnd, RunSignals, Shared};
@@ -15,17 +16,22 @@ use std::sync::{Arc, RwLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Claims the one queued run of `template` and runs it to its end through `broker`.
-async fn run_through(t: &TestDb, template: &str, broker: LossyBroker<PgBroker>) -> (RunId, RunEnd) {
+/// Claims the one queued run of `template` and runs it to its end through `broker`; returns how
+/// many replies the broker lost.
+async fn run_through(t: &TestDb, template: &str, broker: LossyBroker<PgBroker>) -> (RunId, RunEnd, u32) {
     let run = t.enqueue(template, Lane::A).await;
     let worker = t.register(&[Lane::A], 60_000).await;
     let work_dir = std::env::temp_dir().join(format!("runlane-replay-{}", uuid::Uuid::new_v4().simple()));
     let settings = WorkerSettings { work_dir: work_dir.clone(), lease_ms: 60_000, ..Default::default() };
+    let broker = Arc::new(broker);
+    let metrics = Arc::new(Metrics::default());
+    let (batcher, _task) = Batcher::spawn(broker.clone(), BatcherOptions::default(), metrics.clone());
     let shared = Arc::new(Shared {
-        broker: Arc::new(broker),
+        broker,
+        batcher,
         worker_id: RwLock::new(worker),
         settings,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         executors: Executors {
             shell: ShellExecutor,
             http: HttpExecutor::new().expect("http client"),
@@ -37,9 +43,10 @@ async fn run_through(t: &TestDb, template: &str, broker: LossyBroker<PgBroker>) 
     let sent = Instant::now();
     let claimed = db::claim_runs(&t.pool, worker, &[Lane::A], 1, None).await.expect("claim").remove(0);
     let signals = RunSignals { cancel: CancellationToken::new(), interrupt: CancellationToken::new() };
-    let end = run_task::execute(shared, claimed, signals, sent).await;
+    let end = run_task::execute(shared.clone(), claimed, signals, sent).await;
     let _ = std::fs::remove_dir_all(&work_dir);
-    (run, end)
+    let lost = *shared.broker.lost.lock().expect("lost");
+    (run, end, lost)
 }
 
 async fn apply_two_steps(t: &TestDb) {
@@ -61,8 +68,9 @@ async fn count(t: &TestDb, run: RunId, sql: &'static str) -> i64 {
 async fn every_lost_reply_is_retried_and_recorded_once() {
     let t = TestDb::new().await;
     apply_two_steps(&t).await;
-    let lossy = ["start_step", "finish_step", "append_events", "put_artifact", "complete_run"];
-    let (run, end) = run_through(&t, "two", LossyBroker::new(t.broker(), &lossy, &[])).await;
+    let broker = LossyBroker::new(t.broker(), true, false);
+    let (run, end, lost) = run_through(&t, "two", broker).await;
+    assert!(lost >= 3, "replies lost: {lost} (the step starts, the end and the artifact at least)");
     assert_eq!(end, RunEnd::Completed(RunStatus::Succeeded));
     let rec = db::get_run(&t.pool, run).await.expect("run");
     assert_eq!(rec.status, "succeeded");
@@ -83,10 +91,10 @@ async fn every_lost_reply_is_retried_and_recorded_once() {
 async fn a_step_the_queue_refuses_to_record_fails_the_run() {
     let t = TestDb::new().await;
     apply_two_steps(&t).await;
-    let (run, end) = run_through(&t, "two", LossyBroker::new(t.broker(), &[], &["finish_step"])).await;
+    let (run, end, _) = run_through(&t, "two", LossyBroker::new(t.broker(), false, true)).await;
     assert_eq!(end, RunEnd::Completed(RunStatus::Failed));
     let rec = db::get_run(&t.pool, run).await.expect("run");
     assert_eq!(rec.status, "failed");
     let error = rec.error.unwrap_or_default();
-    assert!(error.contains("'write' could not be recorded"), "{error}");
+    assert!(error.contains("could not record the end of step 'write'"), "{error}");
 }

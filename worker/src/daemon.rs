@@ -1,6 +1,7 @@
 //! Wires a worker process over PostgreSQL: pool, executors, artifact store, registration, the claim
 //! loop, the sweeper and the health endpoint. The binary only adds flags and signals.
 
+use crate::batcher::{Batcher, BatcherOptions};
 use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
@@ -71,8 +72,10 @@ impl Daemon {
             .filter_map(|name| std::env::var(name).ok())
             .filter(|v| !v.is_empty())
             .collect();
+        let (batcher, _batcher_task) = Batcher::spawn(broker.clone(), BatcherOptions::default(), metrics.clone());
         let shared = Shared {
             broker,
+            batcher,
             worker_id: std::sync::RwLock::new(WorkerId(uuid::Uuid::nil())),
             settings: settings.worker.clone(),
             metrics: metrics.clone(),

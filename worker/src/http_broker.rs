@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::broker::{Broker, Notice};
 use runlane_core::model::*;
+use runlane_core::ops::{OpOutcome, RunOps};
 use runlane_core::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -120,33 +121,10 @@ impl Broker for HttpBroker {
         Ok(HeartbeatReply { cancel_requested: v["cancel_requested"].as_bool().unwrap_or(false) })
     }
 
-    async fn start_step(&self, lease: Lease, step: i32) -> Result<i64> {
-        let v: Value =
-            self.post(&format!("/v1/runs/{}/steps/{step}/start", lease.run_id), json!({"lease": lease.token})).await?;
-        Ok(v["seq"].as_i64().unwrap_or_default())
-    }
-
-    async fn finish_step(
-        &self,
-        lease: Lease,
-        step: i32,
-        status: StepStatus,
-        exit_code: Option<i32>,
-        error: Option<&str>,
-    ) -> Result<i64> {
-        let body = strip_nulls(json!({"lease": lease.token, "status": status, "exit_code": exit_code, "error": error}));
-        let v: Value = self.post(&format!("/v1/runs/{}/steps/{step}/finish", lease.run_id), body).await?;
-        Ok(v["seq"].as_i64().unwrap_or_default())
-    }
-
-    async fn append_events(&self, lease: Lease, batch: i32, events: &[NewEvent]) -> Result<i64> {
-        let v: Value = self
-            .post(
-                &format!("/v1/runs/{}/events", lease.run_id),
-                json!({"lease": lease.token, "batch": batch, "events": events}),
-            )
-            .await?;
-        Ok(v["last_seq"].as_i64().unwrap_or_default())
+    /// The whole batch is one request; the API answers every item.
+    async fn apply_ops(&self, items: &[RunOps]) -> Result<Vec<OpOutcome>> {
+        let v: Value = self.post("/v1/ops", json!({"items": items})).await?;
+        serde_json::from_value(v["outcomes"].clone()).map_err(|e| Error::Unavailable(Box::new(e)))
     }
 
     /// The bytes go to the API, which stores them where it keeps artifacts (inline or its object store).
@@ -177,18 +155,6 @@ impl Broker for HttpBroker {
         }
         let v: Value = serde_json::from_slice(&body).map_err(|e| queue(Error::Unavailable(Box::new(e))))?;
         serde_json::from_value(v["artifact_id"].clone()).map_err(|e| queue(Error::Unavailable(Box::new(e))))
-    }
-
-    async fn complete_run(
-        &self,
-        lease: Lease,
-        outcome: Outcome,
-        result: Option<&Value>,
-        error: Option<&str>,
-    ) -> Result<RunStatus> {
-        let body = strip_nulls(json!({"lease": lease.token, "outcome": outcome, "result": result, "error": error}));
-        let v: Value = self.post(&format!("/v1/runs/{}/complete", lease.run_id), body).await?;
-        v["status"].as_str().unwrap_or_default().parse().map_err(Error::Schema)
     }
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {

@@ -11,15 +11,16 @@
 //! - [`executors`]: one file per step kind behind the `Executor` trait.
 //! - [`containers`]: the Docker engine: connection, orphan reaping, importing a local image.
 //! - [`output`]: step output → lines per stream, secrets masked, per-run cap (head and tail).
-//! - [`event_writer`]: the per-run batching writer in front of `append_events`.
+//! - [`run_writer`]: everything a run task writes, in order, numbered, through the batcher.
+//! - [`batcher`]: one per worker: many runs' writes in one `apply_ops` call and one commit.
 //! - [`http_broker`]: the `Broker` over the executor API, for workers without database credentials.
 //! - [`sweeper`]: the leader-only maintenance loop.
 //! - [`process_group`]: which processes of a step's group are still alive (/proc).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
 
+pub mod batcher;
 pub mod containers;
 pub mod daemon;
-pub mod event_writer;
 pub mod executors;
 pub mod health;
 pub mod http_broker;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod output;
 pub mod process_group;
 pub mod run_task;
+pub mod run_writer;
 pub mod step_files;
 pub mod sweeper;
 pub mod worker;

@@ -38,7 +38,7 @@ impl Gauge {
 /// Run durations, seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0];
 const FINAL: [RunStatus; 4] = [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled, RunStatus::Queued];
-const SWEEP_ACTIONS: [&str; 5] = ["requeued", "cancelled", "crash_failed", "deadline_failed", "pruned"];
+const SWEEP_ACTIONS: [&str; 6] = ["requeued", "cancelled", "crash_failed", "deadline_failed", "promoted", "pruned"];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -76,8 +76,11 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     pub leases_lost: Counter,
     pub events_written: Counter,
+    /// `apply_ops` calls, and the run items they carried.
+    pub batches: Counter,
+    pub batch_items: Counter,
     pub events_dropped: Counter,
-    pub sweeper_actions: [Counter; 5],
+    pub sweeper_actions: [Counter; 6],
     pub sweeper_leader: Gauge,
     /// 1 while the worker accepts claims (not draining).
     pub ready: Gauge,
@@ -106,6 +109,8 @@ impl Metrics {
 
     pub fn finished(&self, lane: &str, status: RunStatus, secs: f64) {
         let l = lane_index(lane);
+        // A retry after a backoff waits as scheduled: back in the queue, as far as a worker sees.
+        let status = if status == RunStatus::Scheduled { RunStatus::Queued } else { status };
         if let Some(s) = FINAL.iter().position(|f| *f == status) {
             self.finished[l][s].inc();
         }
@@ -118,10 +123,14 @@ impl Metrics {
     }
 
     pub fn swept(&self, report: &runlane_core::model::SweepReport) {
-        let counts = [report.requeued, report.cancelled, report.crash_failed, report.deadline_failed, report.pruned];
+        let counts = [report.requeued, report.cancelled, report.crash_failed, report.deadline_failed, report.promoted];
         for (c, n) in self.sweeper_actions.iter().zip(counts) {
             c.add(n);
         }
+    }
+
+    pub fn pruned(&self, report: &runlane_core::model::PruneReport) {
+        self.sweeper_actions[5].add(report.pruned);
     }
 
     /// The Prometheus text exposition.
@@ -204,6 +213,20 @@ impl Metrics {
             "Events refused by the queue.",
             "counter",
             self.events_dropped.get().to_string(),
+        );
+        single(
+            &mut out,
+            "runlane_batches_total",
+            "Batched write calls (apply_ops) made by this worker.",
+            "counter",
+            self.batches.get().to_string(),
+        );
+        single(
+            &mut out,
+            "runlane_batch_items_total",
+            "Run items carried by those calls.",
+            "counter",
+            self.batch_items.get().to_string(),
         );
         let _ = writeln!(
             out,

@@ -2,7 +2,7 @@
 //! secret arrives split across two writes), partial lines flushed after a pause, and a per-run cap
 //! that keeps the head and the tail of the output and records what was dropped in between.
 
-use crate::event_writer::{EventWriter, WriteError};
+use crate::run_writer::{RunWriter, WriteError};
 use runlane_core::model::{NewEvent, Stream};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ struct Budget {
 /// The output side of one run; hands out a sink per step.
 #[derive(Debug, Clone)]
 pub struct RunOutput {
-    writer: EventWriter,
+    writer: RunWriter,
     masker: Arc<Masker>,
     budget: Arc<Mutex<Budget>>,
     partial_flush: Duration,
@@ -74,7 +74,7 @@ pub struct RunOutput {
 
 impl RunOutput {
     /// `cap_bytes`: output kept per run, half for the head and half for each step's tail.
-    pub fn new(writer: EventWriter, masker: Masker, cap_bytes: usize, partial_flush: Duration) -> Self {
+    pub fn new(writer: RunWriter, masker: Masker, cap_bytes: usize, partial_flush: Duration) -> Self {
         let budget = Budget { head_left: cap_bytes / 2, tail_cap: cap_bytes / 2 };
         RunOutput { writer, masker: Arc::new(masker), budget: Arc::new(Mutex::new(budget)), partial_flush }
     }
@@ -83,7 +83,7 @@ impl RunOutput {
         &self.masker
     }
 
-    pub fn writer(&self) -> &EventWriter {
+    pub fn writer(&self) -> &RunWriter {
         &self.writer
     }
 
@@ -190,9 +190,16 @@ impl OutputSink {
         if rest.is_empty() { Ok(()) } else { self.emit(stream, &rest).await }
     }
 
-    /// The step ended: pending lines, then the kept tail (after a note of what was dropped), then
+    /// The step ended: pending lines, then the kept tail (after a note of what was dropped), and
     /// waits until all of it is written.
     pub async fn finish(&self) -> Result<(), WriteError> {
+        self.close().await?;
+        self.run.writer.flush().await
+    }
+
+    /// The step ended: pending lines, then the kept tail (after a note of what was dropped), handed
+    /// to the run's writer without waiting (the step's finish is written with them).
+    pub async fn close(&self) -> Result<(), WriteError> {
         self.end_stream(Stream::Stdout).await?;
         self.end_stream(Stream::Stderr).await?;
         let (tail, dropped_lines, dropped_bytes) = {
@@ -214,7 +221,7 @@ impl OutputSink {
         for (stream, text) in tail {
             self.run.writer.send(NewEvent::output(self.step, stream, text)).await?;
         }
-        self.run.writer.flush().await
+        Ok(())
     }
 
     async fn emit(&self, stream: Stream, raw: &[u8]) -> Result<(), WriteError> {

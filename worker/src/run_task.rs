@@ -3,18 +3,20 @@
 //! Nothing is held open in the database while a step runs: every write carries the lease, and every
 //! write is safe to repeat after a lost reply. A step the queue could not record fails the run.
 
-use crate::event_writer::{EventWriter, WriterOptions};
+use crate::batcher::Batcher;
 use crate::executors::docker::DockerExecutor;
 use crate::executors::http::HttpExecutor;
 use crate::executors::noop::NoopExecutor;
 use crate::executors::shell::ShellExecutor;
 use crate::executors::{Executor, StepContext, StepOutcome};
-use crate::lease::{LeaseSignals, LeaseTimings, heartbeat_loop, link, persist};
+use crate::lease::{LeaseSignals, LeaseTimings, heartbeat_loop, link};
 use crate::metrics::Metrics;
 use crate::output::{Masker, RunOutput};
+use crate::run_writer::{RunWriter, WriterOptions};
 use crate::step_files;
 use runlane_core::broker::Broker;
 use runlane_core::model::*;
+use runlane_core::ops::StepFinish;
 use runlane_core::settings::WorkerSettings;
 use runlane_core::steps::{self, StepAction, StepSpec};
 use runlane_core::{Error, Result};
@@ -39,6 +41,8 @@ pub struct Executors {
 #[derive(Debug)]
 pub struct Shared<B> {
     pub broker: Arc<B>,
+    /// Every run task's writes go through it, in batches across runs.
+    pub batcher: Batcher,
     /// This process's registration; replaced when the worker had to register again (it was marked
     /// gone). A std lock: read in a few places, written once in a long while, never across an await.
     pub worker_id: RwLock<WorkerId>,
@@ -112,7 +116,7 @@ async fn execute_inner<B: Broker>(
         batch_max: settings.event_batch_max,
     };
     let (writer, writer_task) =
-        EventWriter::spawn(shared.broker.clone(), lease, opts, lease_lost.clone(), shared.metrics.clone());
+        RunWriter::spawn(shared.batcher.clone(), lease, opts, lease_lost.clone(), shared.metrics.clone());
     let masker = Masker::new(
         run.secret_params
             .iter()
@@ -133,6 +137,7 @@ async fn execute_inner<B: Broker>(
 
     let work_dir = settings.work_dir.join(format!("{}-{}", run.run_id, run.attempt));
     let deadline = started + Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
+    let mut made_dirs = false;
     let verdict = match steps::parse_steps(&run.steps) {
         Ok(specs) => {
             let mut steps = StepRunner {
@@ -142,21 +147,26 @@ async fn execute_inner<B: Broker>(
                 work_dir: work_dir.clone(),
                 deadline,
                 lease_lost: lease_lost.clone(),
+                unwritten_end: None,
+                made_dirs: false,
             };
-            steps.run_all(&specs, &signals.cancel, &abort).await
+            let verdict = steps.run_all(&specs, &signals.cancel, &abort).await;
+            made_dirs = steps.made_dirs;
+            verdict
         }
         Err(e) => Verdict::Failed(format!("the run's steps are invalid: {e}")),
     };
-    let _ = writer.flush().await;
-    done.cancel();
-    let _ = heartbeat.await;
+    if made_dirs {
+        step_files::remove_run_dirs(&work_dir).await;
+    }
     let masker = output.masker().clone();
     drop(output);
-    drop(writer);
-    let _ = writer_task.await;
-    step_files::remove_run_dirs(&work_dir).await;
 
     if lease_lost.is_cancelled() {
+        done.cancel();
+        let _ = heartbeat.await;
+        drop(writer);
+        let _ = writer_task.await;
         shared.metrics.leases_lost.inc();
         tracing::warn!("lease lost: the run was aborted here and is no longer this worker's");
         return RunEnd::LeaseLost;
@@ -171,7 +181,13 @@ async fn execute_inner<B: Broker>(
         }
     };
     let error = error.map(|e| masker.mask(&e));
-    match complete(&shared, lease, outcome, error, &lease_lost).await {
+    // The heartbeat keeps the lease until the end is written.
+    let ended = complete(&writer, outcome, error).await;
+    done.cancel();
+    let _ = heartbeat.await;
+    drop(writer);
+    let _ = writer_task.await;
+    match ended {
         Ok(status) => {
             shared.metrics.finished(&run.lane, status, started.elapsed().as_secs_f64());
             tracing::info!(%status, "run attempt ended");
@@ -189,18 +205,11 @@ async fn execute_inner<B: Broker>(
 
 /// Ends the attempt. Should the queue refuse success (a step of the attempt is not recorded as
 /// succeeded), the attempt fails with the queue's reason instead.
-async fn complete<B: Broker>(
-    shared: &Shared<B>,
-    lease: Lease,
-    outcome: Outcome,
-    error: Option<String>,
-    lease_lost: &CancellationToken,
-) -> Result<RunStatus> {
-    let broker = &shared.broker;
-    match persist(lease_lost, || broker.complete_run(lease, outcome, None, error.as_deref())).await {
+async fn complete(writer: &RunWriter, outcome: Outcome, error: Option<String>) -> Result<RunStatus> {
+    match writer.complete(outcome, error).await {
         Err(Error::Conflict(why)) if outcome == Outcome::Succeeded => {
             tracing::error!(%why, "the queue refused success; failing the attempt");
-            persist(lease_lost, || broker.complete_run(lease, Outcome::Failed, None, Some(&why))).await
+            writer.complete(Outcome::Failed, Some(why)).await
         }
         other => other,
     }
@@ -221,6 +230,10 @@ struct StepRunner<'a, B> {
     work_dir: PathBuf,
     deadline: Instant,
     lease_lost: CancellationToken,
+    /// The step whose end is written with the next start (see `run_writer`).
+    unwritten_end: Option<String>,
+    /// Whether a step needed the run's directories on disk (shell and docker steps do).
+    made_dirs: bool,
 }
 
 impl<B: Broker> StepRunner<'_, B> {
@@ -232,10 +245,12 @@ impl<B: Broker> StepRunner<'_, B> {
             }
             let stopping = failure.is_some() || cancel.is_cancelled();
             if stopping && !spec.always {
+                self.skip_first(i).await;
                 continue;
             }
             let Some(left) = self.deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 failure.get_or_insert(format!("the run timed out after {} ms", self.run.timeout_ms));
+                self.skip_first(i).await;
                 continue;
             };
             // Cleanup steps after a cancel still stop on abort (lease lost, interrupt).
@@ -246,7 +261,11 @@ impl<B: Broker> StepRunner<'_, B> {
                 Err(e) => {
                     // The queue refused to record the step: the run must not succeed.
                     tracing::error!(step = i, error = %e, "could not record the step");
-                    failure.get_or_insert(format!("step '{}' could not be recorded: {e}", spec.name));
+                    let what = match self.unwritten_end.take() {
+                        Some(before) => format!("the end of step '{before}' and the start of step '{}'", spec.name),
+                        None => format!("the start of step '{}'", spec.name),
+                    };
+                    failure.get_or_insert(format!("could not record {what}: {e}"));
                     continue;
                 }
             };
@@ -266,6 +285,16 @@ impl<B: Broker> StepRunner<'_, B> {
         }
     }
 
+    /// The claim started the first step; one that does not run ends as skipped.
+    async fn skip_first(&mut self, index: usize) {
+        if index == 0 {
+            let skipped = StepFinish { step: 0, status: StepStatus::Skipped, exit_code: None, error: None };
+            if self.output.writer().finish_step(skipped).await.is_ok() {
+                self.unwritten_end = None;
+            }
+        }
+    }
+
     async fn run_step(
         &mut self,
         index: i32,
@@ -275,11 +304,16 @@ impl<B: Broker> StepRunner<'_, B> {
     ) -> Result<StepOutcome> {
         let broker = &self.shared.broker;
         let lease = self.run.lease();
-        persist(&self.lease_lost, || broker.start_step(lease, index)).await?;
+        let writer = self.output.writer();
+        // The claim started the first step.
+        if index > 0 {
+            writer.start_step(index).await?;
+        }
+        self.unwritten_end = None;
         let outcome = match self.context(index, spec, left, token).await {
             Ok(ctx) => {
                 let outcome = dispatch(self.shared.clone(), spec.action.clone(), ctx.clone()).await;
-                let _ = ctx.output.finish().await;
+                let _ = ctx.output.close().await;
                 for artifact in &outcome.artifacts {
                     let saved = step_files::save_artifact(&**broker, lease, index, artifact, &self.lease_lost).await;
                     if let Err(e) = saved {
@@ -287,7 +321,7 @@ impl<B: Broker> StepRunner<'_, B> {
                             return Err(Error::LeaseLost(e.to_string()));
                         }
                         let _ = ctx.output.line(Stream::Stderr, &format!("runlane: {e}")).await;
-                        let _ = ctx.output.finish().await;
+                        let _ = ctx.output.close().await;
                     }
                 }
                 outcome
@@ -295,21 +329,28 @@ impl<B: Broker> StepRunner<'_, B> {
             Err(e) => StepOutcome::failed(None, format!("could not prepare the step: {e}")),
         };
         let error = outcome.error.as_deref().map(|e| self.output.masker().mask(e));
-        persist(&self.lease_lost, || {
-            broker.finish_step(lease, index, outcome.status, outcome.exit_code, error.as_deref())
-        })
-        .await?;
+        let finish = StepFinish { step: index, status: outcome.status, exit_code: outcome.exit_code, error };
+        writer.finish_step(finish).await?;
+        self.unwritten_end = Some(spec.name.clone());
         Ok(outcome)
     }
 
     async fn context(
-        &self,
+        &mut self,
         index: i32,
         spec: &StepSpec,
         left: Duration,
         token: CancellationToken,
     ) -> std::io::Result<StepContext> {
-        let dirs = step_files::prepare_step_dirs(&self.work_dir, index).await?;
+        // Processes (shell, docker) get directories and their params; an HTTP or no-op step
+        // touches no disk.
+        let processes = matches!(spec.action, StepAction::Shell(_) | StepAction::Docker(_));
+        let dirs = if processes {
+            self.made_dirs = true;
+            step_files::prepare_step_dirs(&self.work_dir, index).await?
+        } else {
+            step_files::step_dirs(&self.work_dir, index)
+        };
         let run = self.run;
         let mut env = vec![
             ("RUNLANE_RUN_ID".to_string(), run.run_id.to_string()),
@@ -319,7 +360,8 @@ impl<B: Broker> StepRunner<'_, B> {
             ("RUNLANE_STEP".to_string(), index.to_string()),
             ("RUNLANE_STEP_NAME".to_string(), spec.name.clone()),
         ];
-        let (param_env, param_files) = step_files::param_env(&run.params, &dirs.private).await?;
+        let (param_env, param_files) =
+            if processes { step_files::param_env(&run.params, &dirs.private).await? } else { Default::default() };
         env.extend(param_env);
         let timeout = spec.timeout_ms.map(Duration::from_millis).map_or(left, |t| t.min(left));
         let settings = &self.shared.settings;

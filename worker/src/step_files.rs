@@ -33,12 +33,17 @@ fn private_root(work_dir: &Path) -> PathBuf {
     work_dir.with_extension("private")
 }
 
-/// Creates the run's working directory and the step's own directories (empty).
-pub async fn prepare_step_dirs(work_dir: &Path, index: i32) -> std::io::Result<StepDirs> {
-    let dirs = StepDirs {
+/// Where a step's directories are (nothing is created).
+pub fn step_dirs(work_dir: &Path, index: i32) -> StepDirs {
+    StepDirs {
         artifacts: artifacts_root(work_dir).join(format!("step-{index}")),
         private: private_root(work_dir).join(format!("step-{index}")),
-    };
+    }
+}
+
+/// Creates the run's working directory and the step's own directories (empty).
+pub async fn prepare_step_dirs(work_dir: &Path, index: i32) -> std::io::Result<StepDirs> {
+    let dirs = step_dirs(work_dir, index);
     tokio::fs::create_dir_all(work_dir).await?;
     tokio::fs::create_dir_all(&dirs.artifacts).await?;
     create_private_dir(&dirs.private).await?;

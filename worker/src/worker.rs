@@ -7,6 +7,7 @@ use crate::metrics::uptime_ms;
 use crate::run_task::{self, RunSignals, Shared};
 use runlane_core::broker::{Broker, Notice};
 use runlane_core::model::*;
+use runlane_core::ops::{Completion, RunOps};
 use runlane_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,7 +161,16 @@ impl<B: Broker> Worker<B> {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 // Cannot happen: we claimed at most `free` and only this loop takes permits. Hand
                 // the run straight back rather than run it over capacity.
-                let _ = self.shared.broker.complete_run(run.lease(), Outcome::Interrupted, None, None).await;
+                let back = Completion { outcome: Outcome::Interrupted, result: None, error: None };
+                let item = RunOps {
+                    lease: run.lease(),
+                    op: 1,
+                    events: vec![],
+                    finish: None,
+                    start: None,
+                    complete: Some(back),
+                };
+                let _ = self.shared.batcher.submit(item).await;
                 continue;
             };
             self.shared.metrics.claimed(&run.lane);

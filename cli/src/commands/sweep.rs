@@ -1,10 +1,11 @@
-//! `runlane sweep`: one sweeper pass now (requeue expired leases, enforce deadlines, mark silent
-//! workers gone, prune old runs), by the fleet's sweep policy. Workers sweep by themselves; this is
-//! for operators and cron. With policy flags (the database owner's), changes the policy first.
+//! `runlane sweep`: sweeper passes now (requeue expired leases, enforce deadlines, promote due runs,
+//! mark silent workers gone) until nothing is left, then a prune (finished runs past the retention),
+//! by the fleet's policy. Workers sweep by themselves; this is for operators and cron. With policy
+//! flags (the database owner's), changes the policy instead.
 
 use super::common::{ConfigArgs, connect};
 use runlane_core::db;
-use runlane_core::model::SweepOptions;
+use runlane_core::model::{SweepPolicyChange, SweepReport};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -33,17 +34,13 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.config.load(Vec::new())?;
     let pool = connect(&settings, "runlane-sweep").await?;
-    let change = SweepOptions {
-        now: None,
+    let change = SweepPolicyChange {
         retention_s: args.retention_s,
         worker_timeout_s: args.worker_timeout_s,
         deadline_slack_s: args.deadline_slack_s,
         prune_limit: args.prune_limit,
     };
-    let changing = change.retention_s.is_some()
-        || change.worker_timeout_s.is_some()
-        || change.deadline_slack_s.is_some()
-        || change.prune_limit.is_some();
+    let changing = !change.is_empty();
     if changing {
         db::set_sweep_policy(&pool, &change).await?;
     }
@@ -59,15 +56,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let r = db::sweep(&pool).await?;
+    let mut total = SweepReport::default();
+    loop {
+        let r = db::sweep(&pool).await?;
+        total.skipped = r.skipped;
+        total.requeued += r.requeued;
+        total.cancelled += r.cancelled;
+        total.crash_failed += r.crash_failed;
+        total.deadline_failed += r.deadline_failed;
+        total.promoted += r.promoted;
+        total.workers_gone += r.workers_gone;
+        if r.skipped || !r.more {
+            break;
+        }
+    }
+    let mut pruned = 0;
+    loop {
+        let p = db::prune(&pool).await?;
+        pruned += p.pruned;
+        if p.skipped || !p.more {
+            break;
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else if r.skipped {
+        let mut v = serde_json::to_value(&total)?;
+        v["pruned"] = serde_json::json!(pruned);
+        println!("{v}");
+    } else if total.skipped {
         println!("another sweeper is running: nothing done");
     } else {
         println!(
-            "requeued {}, cancelled {}, failed past crash cap {}, failed past deadline {}, workers gone {}, pruned {}",
-            r.requeued, r.cancelled, r.crash_failed, r.deadline_failed, r.workers_gone, r.pruned
+            "requeued {}, cancelled {}, failed past crash cap {}, failed past deadline {}, promoted {}, workers gone {}, \
+             pruned {pruned}",
+            total.requeued,
+            total.cancelled,
+            total.crash_failed,
+            total.deadline_failed,
+            total.promoted,
+            total.workers_gone
         );
     }
     Ok(ExitCode::SUCCESS)

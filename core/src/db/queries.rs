@@ -25,6 +25,30 @@ pub async fn enqueue_run(ex: impl PgExecutor<'_>, req: &EnqueueRequest) -> Resul
         .await?)
 }
 
+/// Enqueues many runs in one call, all or nothing (the first violation is named with the run's
+/// 1-based position). Returns the run ids in the order given.
+pub async fn enqueue_runs(ex: impl PgExecutor<'_>, reqs: &[EnqueueRequest]) -> Result<Vec<RunId>> {
+    let templates: Vec<&str> = reqs.iter().map(|r| r.template.as_str()).collect();
+    let params: Vec<&serde_json::Value> = reqs.iter().map(|r| &r.params).collect();
+    let lanes: Vec<Option<&str>> = reqs.iter().map(|r| r.lane.map(Lane::as_str)).collect();
+    let priorities: Vec<Option<i32>> = reqs.iter().map(|r| r.priority).collect();
+    let run_ats: Vec<Option<chrono::DateTime<chrono::Utc>>> = reqs.iter().map(|r| r.run_at).collect();
+    let keys: Vec<Option<&str>> = reqs.iter().map(|r| r.idempotency_key.as_deref()).collect();
+    let sessions: Vec<Option<SessionId>> = reqs.iter().map(|r| r.session_id).collect();
+    let rows: Vec<(i32, RunId)> =
+        sqlx::query_as("SELECT item, run_id FROM runlane.enqueue_runs($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&templates)
+            .bind(&params)
+            .bind(&lanes)
+            .bind(&priorities)
+            .bind(&run_ats)
+            .bind(&keys)
+            .bind(&sessions)
+            .fetch_all(ex)
+            .await?;
+    Ok(rows.into_iter().map(|(_, id)| id).collect())
+}
+
 pub async fn set_lane_cap(ex: impl PgExecutor<'_>, lane: Lane, max_running: Option<i32>) -> Result<()> {
     sqlx::query("SELECT runlane.set_lane_cap($1, $2)").bind(lane.as_str()).bind(max_running).execute(ex).await?;
     Ok(())
@@ -143,6 +167,80 @@ pub async fn append_events(
         .await?)
 }
 
+/// Applies a batch of run items in one call (see `runlane.apply_ops`): one answer per item, in order.
+pub async fn apply_ops(ex: impl PgExecutor<'_>, items: &[crate::ops::RunOps]) -> Result<Vec<crate::ops::OpOutcome>> {
+    let mut a = OpArrays::default();
+    for (i, item) in items.iter().enumerate() {
+        a.run_ids.push(item.lease.run_id);
+        a.leases.push(item.lease.token);
+        a.ops.push(item.op);
+        a.finish_steps.push(item.finish.as_ref().map(|f| f.step));
+        a.finish_statuses.push(item.finish.as_ref().map(|f| f.status.as_str()));
+        a.finish_exit_codes.push(item.finish.as_ref().and_then(|f| f.exit_code));
+        a.finish_errors.push(item.finish.as_ref().and_then(|f| f.error.as_deref()));
+        a.start_steps.push(item.start);
+        a.outcomes.push(item.complete.as_ref().map(|c| c.outcome.as_str()));
+        a.results.push(item.complete.as_ref().and_then(|c| c.result.as_ref()));
+        a.errors.push(item.complete.as_ref().and_then(|c| c.error.as_deref()));
+        for e in &item.events {
+            a.event_items.push(i as i32 + 1);
+            a.event_kinds.push(e.kind.as_str());
+            a.event_steps.push(e.step);
+            a.event_streams.push(e.stream.map(|s| match s {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            }));
+            a.event_bodies.push(e.body.as_deref());
+            a.event_data.push(e.data.as_ref());
+        }
+    }
+    Ok(sqlx::query_as(
+        "SELECT item, code, last_seq, status, message FROM runlane.apply_ops(
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(&a.run_ids)
+    .bind(&a.leases)
+    .bind(&a.ops)
+    .bind(&a.finish_steps)
+    .bind(&a.finish_statuses)
+    .bind(&a.finish_exit_codes)
+    .bind(&a.finish_errors)
+    .bind(&a.start_steps)
+    .bind(&a.outcomes)
+    .bind(&a.results)
+    .bind(&a.errors)
+    .bind(&a.event_items)
+    .bind(&a.event_kinds)
+    .bind(&a.event_steps)
+    .bind(&a.event_streams)
+    .bind(&a.event_bodies)
+    .bind(&a.event_data)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// A batch of items as the parallel arrays `apply_ops` takes.
+#[derive(Default)]
+struct OpArrays<'a> {
+    run_ids: Vec<RunId>,
+    leases: Vec<uuid::Uuid>,
+    ops: Vec<i32>,
+    finish_steps: Vec<Option<i32>>,
+    finish_statuses: Vec<Option<&'a str>>,
+    finish_exit_codes: Vec<Option<i32>>,
+    finish_errors: Vec<Option<&'a str>>,
+    start_steps: Vec<Option<i32>>,
+    outcomes: Vec<Option<&'a str>>,
+    results: Vec<Option<&'a serde_json::Value>>,
+    errors: Vec<Option<&'a str>>,
+    event_items: Vec<i32>,
+    event_kinds: Vec<&'a str>,
+    event_steps: Vec<Option<i32>>,
+    event_streams: Vec<Option<&'a str>>,
+    event_bodies: Vec<Option<&'a str>>,
+    event_data: Vec<Option<&'a serde_json::Value>>,
+}
+
 /// Checks an upload before a byte of it is stored: the lease and the name. Returns the attempt.
 pub async fn check_artifact_upload(ex: impl PgExecutor<'_>, lease: Lease, name: &str) -> Result<i32> {
     Ok(sqlx::query_scalar("SELECT runlane.check_artifact_upload($1, $2, $3)")
@@ -216,27 +314,46 @@ pub async fn annotate_run(ex: impl PgExecutor<'_>, run: RunId, message: &str) ->
     Ok(sqlx::query_scalar("SELECT runlane.annotate_run($1, $2)").bind(run).bind(message).fetch_one(ex).await?)
 }
 
-/// One sweeper pass now, by the fleet's policy (what workers, the API and operators call).
+/// One sweeper pass now, by the fleet's policy (what workers, the API and operators call): bounded
+/// work; `more` says to call again at once.
 pub async fn sweep(ex: impl PgExecutor<'_>) -> Result<SweepReport> {
     let report: sqlx::types::Json<SweepReport> = sqlx::query_scalar("SELECT runlane.sweep()").fetch_one(ex).await?;
     Ok(report.0)
 }
 
-/// One sweeper pass as of `opts.now` with the policy overridden where given: the database owner's
+/// One sweeper pass as of `opts.now`, with the policy overridden where given: the database owner's
 /// call (tests move the clock with it).
 pub async fn sweep_at(ex: impl PgExecutor<'_>, opts: &SweepOptions) -> Result<SweepReport> {
-    let secs = |s: Option<u64>| s.map(|s| format!("{s} seconds"));
-    let report: sqlx::types::Json<SweepReport> = sqlx::query_scalar(
-        "SELECT runlane.sweep_at(coalesce($1, now()), $2::interval, $3::interval, $4::interval, $5)",
-    )
-    .bind(opts.now)
-    .bind(secs(opts.retention_s))
-    .bind(secs(opts.worker_timeout_s))
-    .bind(secs(opts.deadline_slack_s))
-    .bind(opts.prune_limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
-    .fetch_one(ex)
-    .await?;
+    let report: sqlx::types::Json<SweepReport> =
+        sqlx::query_scalar("SELECT runlane.sweep_at(coalesce($1, now()), $2::interval, $3::interval)")
+            .bind(opts.now)
+            .bind(opts.worker_timeout_s.map(seconds))
+            .bind(opts.deadline_slack_s.map(seconds))
+            .fetch_one(ex)
+            .await?;
     Ok(report.0)
+}
+
+/// Prunes finished runs past the fleet's retention (at most its prune limit).
+pub async fn prune(ex: impl PgExecutor<'_>) -> Result<PruneReport> {
+    let report: sqlx::types::Json<PruneReport> = sqlx::query_scalar("SELECT runlane.prune()").fetch_one(ex).await?;
+    Ok(report.0)
+}
+
+/// Prunes as of `opts.now` with another retention or limit: the database owner's call.
+pub async fn prune_at(ex: impl PgExecutor<'_>, opts: &PruneOptions) -> Result<PruneReport> {
+    let report: sqlx::types::Json<PruneReport> =
+        sqlx::query_scalar("SELECT runlane.prune_at(coalesce($1, now()), $2::interval, $3)")
+            .bind(opts.now)
+            .bind(opts.retention_s.map(seconds))
+            .bind(opts.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
+            .fetch_one(ex)
+            .await?;
+    Ok(report.0)
+}
+
+fn seconds(s: u64) -> String {
+    format!("{s} seconds")
 }
 
 pub async fn sweep_policy(ex: impl PgExecutor<'_>) -> Result<SweepPolicy> {
@@ -244,12 +361,11 @@ pub async fn sweep_policy(ex: impl PgExecutor<'_>) -> Result<SweepPolicy> {
 }
 
 /// Changes the fleet's sweeper policy (the database owner's call); `None` keeps a value.
-pub async fn set_sweep_policy(ex: impl PgExecutor<'_>, change: &SweepOptions) -> Result<()> {
-    let secs = |s: Option<u64>| s.map(|s| format!("{s} seconds"));
+pub async fn set_sweep_policy(ex: impl PgExecutor<'_>, change: &SweepPolicyChange) -> Result<()> {
     sqlx::query("SELECT runlane.set_sweep_policy($1::interval, $2::interval, $3::interval, $4)")
-        .bind(secs(change.retention_s))
-        .bind(secs(change.worker_timeout_s))
-        .bind(secs(change.deadline_slack_s))
+        .bind(change.retention_s.map(seconds))
+        .bind(change.worker_timeout_s.map(seconds))
+        .bind(change.deadline_slack_s.map(seconds))
         .bind(change.prune_limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
         .execute(ex)
         .await?;

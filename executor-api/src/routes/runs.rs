@@ -69,7 +69,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+const STATUSES: [&str; 6] = ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"];
 
 pub async fn list(
     State(st): State<AppState>,

@@ -16,6 +16,7 @@ use futures_util::Stream;
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::db;
 use runlane_core::model::*;
+use runlane_core::ops::RunOps;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -121,54 +122,23 @@ pub async fn run_heartbeat(
     Ok(Json(json!({"cancel_requested": reply.cancel_requested})))
 }
 
-pub async fn start_step(
-    State(st): State<AppState>,
-    _worker: Worker,
-    Path((run, step)): Path<(RunId, i32)>,
-    ApiJson(b): ApiJson<LeaseBody>,
-) -> Result<Json<Value>, ApiError> {
-    let seq = db::start_step(&st.pool, Lease { run_id: run, token: b.lease }, step).await?;
-    Ok(Json(json!({"seq": seq})))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FinishStep {
-    lease: Uuid,
-    status: StepStatus,
-    exit_code: Option<i32>,
-    error: Option<String>,
+pub struct OpsBatch {
+    items: Vec<RunOps>,
 }
 
-pub async fn finish_step(
+/// Many runs' items in one call and one commit; each answered on its own, in order.
+pub async fn apply_ops(
     State(st): State<AppState>,
     _worker: Worker,
-    Path((run, step)): Path<(RunId, i32)>,
-    ApiJson(b): ApiJson<FinishStep>,
+    ApiJson(b): ApiJson<OpsBatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let lease = Lease { run_id: run, token: b.lease };
-    let seq = db::finish_step(&st.pool, lease, step, b.status, b.exit_code, b.error.as_deref()).await?;
-    Ok(Json(json!({"seq": seq})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Append {
-    lease: Uuid,
-    /// The worker's batch number in the attempt, 1, 2, 3 …: a batch sent again is written once.
-    batch: i32,
-    events: Vec<NewEvent>,
-}
-
-pub async fn append_events(
-    State(st): State<AppState>,
-    _worker: Worker,
-    Path(run): Path<RunId>,
-    ApiJson(b): ApiJson<Append>,
-) -> Result<Json<Value>, ApiError> {
-    let lease = Lease { run_id: run, token: b.lease };
-    let last = db::append_events(&st.pool, lease, Some(b.batch), &b.events).await?;
-    Ok(Json(json!({"last_seq": last})))
+    if b.items.len() > 1000 {
+        return Err(ApiError::invalid("a batch holds at most 1000 items"));
+    }
+    let outcomes = db::apply_ops(&st.pool, &b.items).await?;
+    Ok(Json(json!({"outcomes": outcomes})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,26 +178,6 @@ pub async fn upload_artifact(
         }
     })?;
     Ok((StatusCode::CREATED, Json(json!({"artifact_id": id}))))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Complete {
-    lease: Uuid,
-    outcome: Outcome,
-    result: Option<Value>,
-    error: Option<String>,
-}
-
-pub async fn complete(
-    State(st): State<AppState>,
-    _worker: Worker,
-    Path(run): Path<RunId>,
-    ApiJson(b): ApiJson<Complete>,
-) -> Result<Json<Value>, ApiError> {
-    let lease = Lease { run_id: run, token: b.lease };
-    let status = db::complete_run(&st.pool, lease, b.outcome, b.result.as_ref(), b.error.as_deref()).await?;
-    Ok(Json(json!({"status": status})))
 }
 
 #[derive(Debug, Deserialize)]

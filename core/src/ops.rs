@@ -1,0 +1,119 @@
+//! The batched write seam: what a worker writes about one run in one round trip ([`RunOps`]), many
+//! runs' items going to the queue in one call (`apply_ops`), and each item's answer ([`OpOutcome`]).
+//! The same structs are the JSON of the executor API's `/v1/ops`.
+
+use crate::error::Error;
+use crate::model::{Lease, NewEvent, Outcome, RunStatus, StepStatus};
+use serde::{Deserialize, Serialize};
+
+/// Ending a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFinish {
+    pub step: i32,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Ending the attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One run's writes for one round trip, applied in this order, all or nothing: its output events,
+/// finishing a step, starting a step, ending the attempt (never both of the last two).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOps {
+    pub lease: Lease,
+    /// 1, 2, 3 … within the attempt: the same item sent again (after a lost reply) is answered as it
+    /// was the first time and written once.
+    pub op: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<NewEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<StepFinish>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<Completion>,
+}
+
+/// What the queue answered for one item (`apply_ops` returns one per item, in order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct OpOutcome {
+    /// 1-based position in the batch.
+    pub item: i32,
+    /// `ok`, `replay`, or an error's SQLSTATE (`RL001` lease lost, `RL404`, `RL409`, `RL422`).
+    pub code: String,
+    /// The item's last event (for a replay: as first answered).
+    pub last_seq: Option<i64>,
+    /// The run's status after an ending.
+    pub status: Option<String>,
+    pub message: Option<String>,
+}
+
+/// An item the queue applied (or had applied: a replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub last_seq: Option<i64>,
+    /// The run's status after an ending.
+    pub status: Option<RunStatus>,
+}
+
+impl OpOutcome {
+    /// The item's answer as the queue's other calls give it: applied, or the error its code names.
+    pub fn into_result(self) -> Result<Applied, Error> {
+        let message = self.message.unwrap_or_default();
+        match self.code.as_str() {
+            "ok" | "replay" => {
+                let status = self.status.map(|s| s.parse().map_err(Error::Schema)).transpose()?;
+                Ok(Applied { last_seq: self.last_seq, status })
+            }
+            "RL001" => Err(Error::LeaseLost(message)),
+            "RL404" => Err(Error::NotFound(message)),
+            "RL409" => Err(Error::Conflict(message)),
+            "RL422" => Err(Error::Invalid { problems: vec![message.clone()], message }),
+            other => Err(Error::Schema(format!("unknown answer '{other}' for an item: {message}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_to_the_queues_errors() {
+        let outcome = |code: &str| OpOutcome {
+            item: 1,
+            code: code.into(),
+            last_seq: Some(7),
+            status: Some("succeeded".into()),
+            message: Some("why".into()),
+        };
+        let applied = outcome("replay").into_result().expect("applied");
+        assert_eq!(applied, Applied { last_seq: Some(7), status: Some(RunStatus::Succeeded) });
+        assert!(matches!(outcome("RL001").into_result(), Err(Error::LeaseLost(m)) if m == "why"));
+        assert!(matches!(outcome("RL409").into_result(), Err(Error::Conflict(_))));
+        assert!(matches!(outcome("RL422").into_result(), Err(Error::Invalid { .. })));
+    }
+
+    #[test]
+    fn items_travel_as_json_without_empty_parts() {
+        let lease = Lease { run_id: crate::model::RunId(uuid::Uuid::nil()), token: uuid::Uuid::nil() };
+        let item = RunOps { lease, op: 3, events: vec![], finish: None, start: Some(1), complete: None };
+        let json = serde_json::to_value(&item).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"lease": {"run_id": lease.run_id, "token": lease.token}, "op": 3, "start": 1})
+        );
+        assert_eq!(serde_json::from_value::<RunOps>(json).expect("back"), item);
+    }
+}
