@@ -6,23 +6,11 @@ use crate::artifacts::{ArtifactBytes, ArtifactError, ArtifactStore};
 use crate::db;
 use crate::error::Result;
 use crate::model::*;
+use crate::notices::{self, CANCEL_CHANNEL, Notice, lane_channel};
 use crate::ops::{OpOutcome, RunOps};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use std::future::Future;
-use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// A wake-up from the queue. Notices can be missed (a reconnect), so every consumer also polls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// A run became runnable in this lane.
-    LaneReady(Lane),
-    /// Cancellation was requested for this run.
-    Cancel(RunId),
-    /// The notice stream was interrupted and is back: anything may have been missed.
-    Resumed,
-}
 
 /// The worker's view of the queue. Every call about a run is safe to repeat after a lost reply.
 pub trait Broker: Send + Sync + 'static {
@@ -123,69 +111,8 @@ impl Broker for PgBroker {
     }
 
     async fn subscribe(&self, lanes: &[Lane]) -> Result<mpsc::Receiver<Notice>> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
         let mut channels: Vec<String> = lanes.iter().map(|l| lane_channel(*l)).collect();
         channels.push(CANCEL_CHANNEL.to_string());
-        listener.listen_all(channels.iter().map(String::as_str)).await?;
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(forward_notices(listener, tx));
-        Ok(rx)
-    }
-}
-
-/// The NOTIFY channel of a lane (`runlane_lane_a` …).
-pub fn lane_channel(lane: Lane) -> String {
-    format!("runlane_lane_{}", lane.as_str().to_ascii_lowercase())
-}
-
-pub const CANCEL_CHANNEL: &str = "runlane_cancel";
-pub const EVENTS_CHANNEL: &str = "runlane_events";
-
-/// Turns notifications into notices until the receiver goes away. `PgListener` reconnects by
-/// itself on the next `recv` after a failure; a `Resumed` notice then tells the consumer to poll.
-async fn forward_notices(mut listener: PgListener, tx: mpsc::Sender<Notice>) {
-    let mut broken = false;
-    loop {
-        let notice = tokio::select! {
-            _ = tx.closed() => return,
-            got = listener.try_recv() => got,
-        };
-        let notice = match notice {
-            Ok(Some(n)) => {
-                let channel = n.channel();
-                if channel == CANCEL_CHANNEL {
-                    match n.payload().parse() {
-                        Ok(run) => Notice::Cancel(run),
-                        Err(_) => continue,
-                    }
-                } else if let Some(lane) = channel.strip_prefix("runlane_lane_").and_then(|l| l.parse().ok()) {
-                    Notice::LaneReady(lane)
-                } else {
-                    continue;
-                }
-            }
-            // The connection was lost; the next try_recv reconnects.
-            Ok(None) => {
-                broken = true;
-                continue;
-            }
-            Err(e) => {
-                if !broken {
-                    tracing::warn!(error = %e, "notification connection lost; reconnecting");
-                }
-                broken = true;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
-            }
-        };
-        if broken {
-            broken = false;
-            if tx.send(Notice::Resumed).await.is_err() {
-                return;
-            }
-        }
-        if tx.send(notice).await.is_err() {
-            return;
-        }
+        Ok(notices::listen(&self.pool, &channels, 1024).await?)
     }
 }

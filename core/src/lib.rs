@@ -9,6 +9,8 @@
 //! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
 //!   connecting and the embedded migrations.
 //! - [`broker`]: the `Broker` seam a worker reaches the queue through, and its PostgreSQL implementation.
+//! - [`notices`]: LISTEN/NOTIFY: the channels, their payloads, a listener that reconnects.
+//! - [`follow`]: following one run's events by cursor, woken by notices (`tail`, SSE).
 //! - [`ops`]: the batched writes about runs (`RunOps`) and their answers, on the seam and on the wire.
 //! - [`settings`]: the layered, validated settings of every process.
 //! - [`steps`]: the step DSL (shell, docker, http, noop) and `${{ params.x }}` substitution.
@@ -19,8 +21,10 @@ pub mod artifacts;
 pub mod broker;
 pub mod db;
 pub mod error;
+pub mod follow;
 pub mod local_pg;
 pub mod model;
+pub mod notices;
 pub mod ops;
 pub mod settings;
 pub mod steps;

@@ -4,8 +4,9 @@
 //! every step finish (as a conflict) without carrying it out.
 
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
-use runlane_core::broker::{Broker, Notice};
+use runlane_core::broker::Broker;
 use runlane_core::model::*;
+use runlane_core::notices::Notice;
 use runlane_core::ops::{OpOutcome, RunOps};
 use runlane_core::{Error, Result};
 use std::collections::HashSet;

@@ -1,9 +1,10 @@
 //! The Broker's notice stream: lane wake-ups and cancel requests reach subscribers (how fast is
 //! `runlane bench`'s pickup and cancel figures).
 
-use runlane_core::broker::{Broker, Notice};
+use runlane_core::broker::Broker;
 use runlane_core::db;
 use runlane_core::model::*;
+use runlane_core::notices::Notice;
 use runlane_tests::TestDb;
 use runlane_tests::process::PATIENCE;
 

@@ -4,8 +4,9 @@
 
 use reqwest::{Method, StatusCode};
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
-use runlane_core::broker::{Broker, Notice};
+use runlane_core::broker::Broker;
 use runlane_core::model::*;
+use runlane_core::notices::Notice;
 use runlane_core::ops::{OpOutcome, RunOps};
 use runlane_core::{Error, Result};
 use serde::Serialize;
@@ -193,35 +194,27 @@ fn strip_nulls(mut v: Value) -> Value {
 
 /// Reads the notices SSE stream, reconnecting after a failure (then `Resumed`: poll now).
 async fn follow_notices(client: reqwest::Client, url: String, token: String, tx: mpsc::Sender<Notice>) {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
     loop {
-        if let Ok(mut resp) = client.get(&url).bearer_auth(&token).send().await
+        if let Ok(resp) = client.get(&url).bearer_auth(&token).send().await
             && resp.status().is_success()
         {
             if tx.send(Notice::Resumed).await.is_err() {
                 return;
             }
-            let mut buf = String::new();
-            let mut event = String::new();
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(nl) = buf.find('\n') {
-                    let line: String = buf.drain(..=nl).collect();
-                    let line = line.trim_end();
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event = name.trim().to_string();
-                    } else if let Some(data) = line.strip_prefix("data:") {
-                        let notice = match event.as_str() {
-                            "lane" => data.trim().parse().ok().map(Notice::LaneReady),
-                            "cancel" => data.trim().parse().ok().map(Notice::Cancel),
-                            "resumed" => Some(Notice::Resumed),
-                            _ => None,
-                        };
-                        if let Some(n) = notice
-                            && tx.send(n).await.is_err()
-                        {
-                            return;
-                        }
-                    }
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(Ok(e)) = events.next().await {
+                let notice = match e.event.as_str() {
+                    "lane" => e.data.trim().parse().ok().map(Notice::LaneReady),
+                    "cancel" => e.data.trim().parse().ok().map(Notice::Cancel),
+                    "resumed" => Some(Notice::Resumed),
+                    _ => None,
+                };
+                if let Some(n) = notice
+                    && tx.send(n).await.is_err()
+                {
+                    return;
                 }
             }
         }

@@ -9,9 +9,9 @@
 //! waits the worker's kill grace past the expiry before the run may start elsewhere.
 
 use crate::metrics::Metrics;
+use runlane_core::Error;
 use runlane_core::broker::Broker;
 use runlane_core::model::Lease;
-use runlane_core::{Error, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,32 +100,67 @@ pub async fn heartbeat_loop<B: Broker>(
     }
 }
 
-/// Retries a queue call while the database is unreachable, until the lease is given up. The calls
-/// are safe to repeat: a retry after a lost reply gets the first answer.
-pub async fn persist<T, F, Fut>(lease_lost: &CancellationToken, mut call: F) -> Result<T>
+/// What `persist` needs to know of an error.
+pub trait Retryable: std::fmt::Display {
+    /// The same call may succeed later (the queue was unreachable).
+    fn retryable(&self) -> bool;
+    /// The run is no longer this worker's.
+    fn lease_lost(&self) -> bool;
+    /// The error for "the lease was given up while retrying".
+    fn given_up() -> Self;
+}
+
+impl Retryable for Error {
+    fn retryable(&self) -> bool {
+        self.is_retryable()
+    }
+    fn lease_lost(&self) -> bool {
+        matches!(self, Error::LeaseLost(_))
+    }
+    fn given_up() -> Self {
+        Error::LeaseLost("lease given up".into())
+    }
+}
+
+/// Pauses between tries while the queue is unreachable: from 100 ms, doubling up to 2 s, jittered.
+pub fn retry_pauses() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Makes a queue call, again while the queue is unreachable, until the lease is given up (a lost
+/// lease also gives it up). Every call is safe to repeat: a retry after a lost reply gets the first
+/// answer.
+pub async fn persist<T, E, F, Fut>(lease_lost: &CancellationToken, what: &str, mut call: F) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
-    let mut pause = Duration::from_millis(100);
+    let mut pauses = retry_pauses();
     loop {
         // A call stuck on a dead connection gives way as soon as the lease is given up.
         let result = tokio::select! {
             r = call() => r,
-            _ = lease_lost.cancelled() => Err(Error::LeaseLost("lease given up".into())),
+            _ = lease_lost.cancelled() => Err(E::given_up()),
         };
         match result {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "queue unreachable; retrying");
+            Err(e) if e.retryable() => {
+                tracing::warn!(error = %e, "{what}: the queue is unreachable; retrying");
+                let pause = pauses.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! {
-                    _ = lease_lost.cancelled() => return Err(Error::LeaseLost("lease given up while the queue was unreachable".into())),
+                    _ = lease_lost.cancelled() => return Err(E::given_up()),
                     _ = tokio::time::sleep(pause) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Err(Error::LeaseLost(m)) => {
+            Err(e) if e.lease_lost() => {
                 lease_lost.cancel();
-                return Err(Error::LeaseLost(m));
+                return Err(e);
             }
             other => return other,
         }

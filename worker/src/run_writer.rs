@@ -8,6 +8,7 @@
 //! start, the end), so the finish is recorded no later than what follows it, in the same commit.
 
 use crate::batcher::Batcher;
+use crate::lease::persist;
 use crate::metrics::Metrics;
 use runlane_core::model::{Lease, NewEvent, Outcome, RunStatus};
 use runlane_core::ops::{Applied, Completion, RunOps, StepFinish};
@@ -200,40 +201,22 @@ impl Writer {
         item.op = self.op;
         let n_events = item.events.len() as u64;
         let transition = item.finish.is_some() || item.start.is_some() || item.complete.is_some();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let result = tokio::select! {
-                r = self.batcher.submit(item.clone()) => r,
-                _ = self.lease_lost.cancelled() => Err(Error::LeaseLost("lease given up".into())),
-            };
-            match result {
-                Ok(applied) => {
-                    self.metrics.events_written.add(n_events);
-                    return Ok(applied);
+        let batcher = &self.batcher;
+        match persist(&self.lease_lost, "writing to the queue", || batcher.submit(item.clone())).await {
+            Ok(applied) => {
+                self.metrics.events_written.add(n_events);
+                Ok(applied)
+            }
+            Err(Error::LeaseLost(m)) => {
+                self.lost = true;
+                Err(Error::LeaseLost(m))
+            }
+            Err(e) => {
+                if !transition {
+                    tracing::error!(run_id = %self.lease.run_id, error = %e, events = n_events, "events dropped");
+                    self.metrics.events_dropped.add(n_events);
                 }
-                Err(Error::LeaseLost(m)) => {
-                    self.lost = true;
-                    self.lease_lost.cancel();
-                    return Err(Error::LeaseLost(m));
-                }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(run_id = %self.lease.run_id, error = %e, "writing to the queue failed; retrying");
-                    tokio::select! {
-                        _ = self.lease_lost.cancelled() => {
-                            self.lost = true;
-                            return Err(Error::LeaseLost("lease given up while the queue was unreachable".into()));
-                        }
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    if !transition {
-                        tracing::error!(run_id = %self.lease.run_id, error = %e, events = n_events, "events dropped");
-                        self.metrics.events_dropped.add(n_events);
-                    }
-                    return Err(e);
-                }
+                Err(e)
             }
         }
     }

@@ -4,12 +4,12 @@
 //! the artifacts a step produced.
 
 use crate::executors::{ArtifactData, ParamFile, ProducedArtifact};
+use crate::lease::{Retryable, persist};
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError, MAX_ARTIFACT_BYTES};
 use runlane_core::broker::Broker;
 use runlane_core::model::{ArtifactId, Lease};
 use runlane_core::steps::{param_env_name, param_text};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A param longer than this reaches steps as a file, not an environment variable: the kernel refuses
@@ -84,7 +84,7 @@ pub async fn param_env(
     Ok((env, files))
 }
 
-/// Uploads one artifact a step produced, retrying while the queue is unreachable (the same id each
+/// Uploads one artifact a step produced, again while the queue is unreachable (the same id each
 /// time, so a retry after a lost reply records it once), until the lease is given up.
 pub async fn save_artifact<B: Broker>(
     broker: &B,
@@ -111,28 +111,19 @@ pub async fn save_artifact<B: Broker>(
         content_type: &artifact.content_type,
         bytes,
     };
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let result = tokio::select! {
-            r = broker.put_artifact(lease, &upload) => r,
-            _ = lease_lost.cancelled() => return Err(lease_given_up(&name)),
-        };
-        match result {
-            Err(ArtifactError::Queue { source, .. }) if source.is_retryable() => {
-                tracing::warn!(artifact = %name, error = %source, "queue unreachable; retrying the upload");
-                tokio::select! {
-                    _ = lease_lost.cancelled() => return Err(lease_given_up(&name)),
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            other => return other,
-        }
-    }
+    persist(lease_lost, "uploading an artifact", || broker.put_artifact(lease, &upload)).await
 }
 
-fn lease_given_up(name: &str) -> ArtifactError {
-    ArtifactError::Queue { name: name.to_string(), source: runlane_core::Error::LeaseLost("lease given up".into()) }
+impl Retryable for ArtifactError {
+    fn retryable(&self) -> bool {
+        matches!(self, ArtifactError::Queue { source, .. } if source.is_retryable())
+    }
+    fn lease_lost(&self) -> bool {
+        self.is_lease_lost()
+    }
+    fn given_up() -> Self {
+        ArtifactError::Queue { name: String::new(), source: runlane_core::Error::LeaseLost("lease given up".into()) }
+    }
 }
 
 #[cfg(test)]

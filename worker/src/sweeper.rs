@@ -31,14 +31,14 @@ pub async fn run(
 ) {
     let every = Duration::from_millis(settings.interval_ms);
     let prune_every = Duration::from_millis(settings.prune_interval_ms);
-    let mut next_prune = Instant::now() + prune_every.mul_f64(fastrand_unit());
+    let mut next_prune = Instant::now() + prune_every.mul_f64(fastrand::f64());
     loop {
         let more = sweep_once(&pool, &metrics, every).await;
         if Instant::now() >= next_prune {
             prune_once(&pool, &store, &metrics, every).await;
             next_prune = Instant::now() + prune_every;
         }
-        let pause = if more { Duration::ZERO } else { every.mul_f64(0.8 + 0.4 * fastrand_unit()) };
+        let pause = if more { Duration::ZERO } else { every.mul_f64(0.8 + 0.4 * fastrand::f64()) };
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -100,11 +100,4 @@ async fn prune_once(pool: &PgPool, store: &ArtifactStore, metrics: &Metrics, lim
         Ok(n) => tracing::info!(objects = n, "deleted the stored bytes of pruned artifacts"),
         Err(e) => tracing::warn!(error = %e, "could not list pruned artifacts' objects"),
     }
-}
-
-/// A number in [0, 1) from the clock's nanoseconds: jitter needs no better randomness.
-fn fastrand_unit() -> f64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    f64::from(nanos % 1_000_000) / 1_000_000.0
 }

@@ -5,8 +5,9 @@
 
 use crate::metrics::uptime_ms;
 use crate::run_task::{self, RunSignals, Shared};
-use runlane_core::broker::{Broker, Notice};
+use runlane_core::broker::Broker;
 use runlane_core::model::*;
+use runlane_core::notices::Notice;
 use runlane_core::ops::{Completion, RunOps};
 use runlane_core::{Error, Result};
 use std::collections::HashMap;
@@ -201,7 +202,7 @@ impl<B: Broker> Worker<B> {
                 }
             }
             Some(Notice::LaneReady(_) | Notice::Resumed) => self.wake.notify_one(),
-            None => {}
+            Some(Notice::Events(_)) | None => {}
         }
     }
 

@@ -2,11 +2,10 @@
 //! with the run's outcome: 0 succeeded, 1 failed, 2 cancelled.
 
 use super::common::{ConfigArgs, connect};
-use runlane_core::broker::EVENTS_CHANNEL;
-use runlane_core::db;
+use runlane_core::follow::Follow;
 use runlane_core::model::{Event, RunId, RunStatus};
+use runlane_core::notices::{self, EVENTS_CHANNEL};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -48,42 +47,12 @@ pub async fn follow(
     after: i64,
     mut on_event: impl FnMut(&Event),
 ) -> anyhow::Result<RunStatus> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(EVENTS_CHANNEL).await?;
-    let prefix = format!("{run}:");
-    let mut cursor = after;
-    loop {
-        let mut finished = false;
-        loop {
-            let page = db::read_events(pool, run, cursor, 1000).await?;
-            for e in &page {
-                cursor = e.seq;
-                finished |= e.kind == "run.finished";
-                on_event(e);
-            }
-            if page.len() < 1000 {
-                break;
-            }
-        }
-        if finished {
-            let status = db::get_run(pool, run).await?.status;
-            if let Ok(status) = status.parse::<RunStatus>()
-                && status.is_final()
-            {
-                return Ok(status);
-            }
-        }
-        // Wait for a pointer to this run past the cursor, or poll.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Ok(n) = listener.recv().await {
-                let ours = n.payload().strip_prefix(&prefix).and_then(|s| s.parse::<i64>().ok());
-                if ours.is_some_and(|seq| seq > cursor) {
-                    return;
-                }
-            }
-        })
-        .await;
+    let news = notices::listen(pool, &[EVENTS_CHANNEL.to_string()], 256).await?;
+    let mut follow = Follow::new(pool.clone(), run, after, news, Duration::from_secs(1));
+    while let Some(events) = follow.next().await? {
+        events.iter().for_each(&mut on_event);
     }
+    follow.ended().ok_or_else(|| anyhow::anyhow!("the run's end was not seen"))
 }
 
 /// Prints one event: output labelled by stream, life cycle marked with `==>`.

@@ -3,7 +3,6 @@
 
 use crate::auth::Reader;
 use crate::error::ApiError;
-use crate::hub::HubNotice;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,7 +10,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use runlane_core::db;
-use runlane_core::model::{Event, RunId, RunStatus};
+use runlane_core::follow::Follow;
+use runlane_core::model::{Event, RunId};
+use runlane_core::notices::Notice;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -59,66 +60,29 @@ pub async fn stream(
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
     let cursor = resume.or(q.after).unwrap_or(0).max(0);
     let keepalive = Duration::from_millis(st.settings.sse_keepalive_ms);
-    // Subscribe before the first read, so nothing written in between is missed.
-    let notices = st.hub.subscribe();
-    let state = Follow { st, run, cursor, notices, pending: Vec::new(), done: false };
-    let stream = futures_util::stream::unfold(state, next_event);
+    // Subscribed before the first read, so nothing written in between is missed.
+    let follow = Follow::new(st.pool.clone(), run, cursor, st.hub.subscribe(), Duration::from_secs(5));
+    let stream = futures_util::stream::unfold((follow, Vec::new()), next_event);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive")))
 }
 
-struct Follow {
-    st: AppState,
-    run: RunId,
-    cursor: i64,
-    notices: broadcast::Receiver<HubNotice>,
-    /// Read but not yet sent, in seq order.
-    pending: Vec<Event>,
-    done: bool,
-}
+type Pending = Vec<Event>;
 
-async fn next_event(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Follow)> {
-    loop {
-        if let Some(e) = (!f.pending.is_empty()).then(|| f.pending.remove(0)) {
-            f.cursor = e.seq;
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            return Some((Ok(SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(data)), f));
-        }
-        if f.done {
-            return None;
-        }
-        match db::read_events(&f.st.pool, f.run, f.cursor, 500).await {
-            Ok(events) if !events.is_empty() => {
-                f.pending = events;
-                continue;
-            }
-            Ok(_) => {}
+/// The next event as an SSE message (`id:` is its seq); the stream ends once the run finished.
+async fn next_event(
+    (mut follow, mut pending): (Follow<broadcast::Receiver<Notice>>, Pending),
+) -> Option<(Result<SseEvent, Infallible>, (Follow<broadcast::Receiver<Notice>>, Pending))> {
+    if pending.is_empty() {
+        match follow.next().await {
+            Ok(Some(events)) => pending = events,
+            Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(run_id = %f.run, error = %e, "event stream read failed");
+                tracing::warn!(error = %e, "event stream read failed");
                 return None; // the client reconnects with Last-Event-ID
             }
         }
-        // Caught up: a finished run ends the stream, else wait for a pointer past the cursor.
-        if let Ok(rec) = db::get_run(&f.st.pool, f.run).await
-            && rec.status.parse::<RunStatus>().is_ok_and(RunStatus::is_final)
-        {
-            f.done = true;
-            continue;
-        }
-        wait_for_news(&mut f).await;
     }
-}
-
-/// Until a notice about this run past the cursor (or a lag/reconnect, or 5 s to re-check).
-async fn wait_for_news(f: &mut Follow) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match f.notices.recv().await {
-                Ok(HubNotice::Event { run, seq }) if run == f.run && seq > f.cursor => return,
-                Ok(HubNotice::Resumed) | Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    let e = pending.remove(0);
+    let data = serde_json::to_string(&e).unwrap_or_default();
+    Some((Ok(SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(data)), (follow, pending)))
 }

@@ -4,7 +4,6 @@
 
 use crate::auth::{Caller, Worker};
 use crate::error::{ApiError, ApiJson};
-use crate::hub::HubNotice;
 use crate::routes::runs::parse_lane;
 use crate::state::AppState;
 use axum::Json;
@@ -16,6 +15,7 @@ use futures_util::Stream;
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
 use runlane_core::db;
 use runlane_core::model::*;
+use runlane_core::notices::Notice;
 use runlane_core::ops::RunOps;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -218,9 +218,9 @@ pub async fn notices(
     let stream = futures_util::stream::unfold((rx, lanes), |(mut rx, lanes)| async move {
         loop {
             let event = match rx.recv().await {
-                Ok(HubNotice::LaneReady(l)) if lanes.contains(&l) => SseEvent::default().event("lane").data(l.as_str()),
-                Ok(HubNotice::Cancel(run)) => SseEvent::default().event("cancel").data(run.to_string()),
-                Ok(HubNotice::Resumed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Ok(Notice::LaneReady(l)) if lanes.contains(&l) => SseEvent::default().event("lane").data(l.as_str()),
+                Ok(Notice::Cancel(run)) => SseEvent::default().event("cancel").data(run.to_string()),
+                Ok(Notice::Resumed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     SseEvent::default().event("resumed").data("")
                 }
                 Ok(_) => continue,
