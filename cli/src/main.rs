@@ -34,10 +34,11 @@ enum Command {
     Migrate(commands::migrate::Args),
 }
 
-/// Logs go to stderr: `RUNLANE_LOG` is the filter (default `info,sqlx=warn`), `RUNLANE_LOG_FORMAT=json`
-/// switches to one JSON object per line.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNLANE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+/// Logs go to stderr: `RUNLANE_LOG` is the filter (default `info,sqlx=warn`; `warn` for `bench`, whose
+/// in-process workers would otherwise log every run), `RUNLANE_LOG_FORMAT=json` switches to one JSON
+/// object per line.
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNLANE_LOG").unwrap_or_else(|_| default_filter.into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if std::env::var("RUNLANE_LOG_FORMAT").is_ok_and(|f| f == "json") {
@@ -49,7 +50,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info,sqlx=warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -12,7 +12,7 @@ pub use reads::*;
 
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::{ConnectOptions, PgPool, migrate::Migrator};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,11 +29,13 @@ pub fn schema_version() -> i64 {
     migrator().iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// Opens a pool. `application_name` shows in `pg_stat_activity`.
+/// Opens a pool. `application_name` shows in `pg_stat_activity`. sqlx's own statement logging is
+/// off: it would print whole migrations (and batches' parameters) as "slow statements".
 pub async fn connect(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::Schema(format!("invalid database URL: {e}")))?
-        .application_name(application_name);
+        .application_name(application_name)
+        .disable_statement_logging();
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
