@@ -78,3 +78,58 @@ async fn the_demo_runs_from_a_directory_only_its_owner_may_enter() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_batch_enqueues_every_line_or_none_and_names_the_refused_line() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    t.apply(
+        "counted",
+        serde_json::json!({"params": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+                           "steps": [{"name": "s", "kind": "noop"}]}),
+    )
+    .await;
+    let file = std::env::temp_dir().join(format!("runlane-batch-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    let enqueue = |text: &str| {
+        std::fs::write(&file, text).expect("batch file");
+        let out = Command::new(BIN)
+            .args(["enqueue", "--json", "--batch"])
+            .arg(&file)
+            .env("DATABASE_URL", &t.url)
+            .output()
+            .expect("runlane enqueue --batch");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = "{\"template\": \"noop\", \"lane\": \"B\"}\n{\"template\": \"noop\", \"idempotency_key\": \"k1\"}\n\n\
+                {\"template\": \"counted\", \"params\": {\"n\": 1}, \"priority\": 5}\n";
+    let (ok, stdout, stderr) = enqueue(good);
+    assert!(ok, "{stderr}");
+    let printed: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<i64> = printed.iter().map(|p| p["line"].as_i64().expect("line")).collect();
+    assert_eq!(lines, [1, 2, 4], "one run per non-blank line, by line number");
+    let first: runlane_core::model::RunId = serde_json::from_value(printed[0]["run_id"].clone()).expect("run id");
+    assert_eq!(db::get_run(&t.pool, first).await.expect("run").lane, "B");
+    assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 3);
+
+    let (ok, stdout, _) = enqueue(good);
+    assert!(ok);
+    let again: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(again[1]["run_id"], printed[1]["run_id"], "the idempotency key gives the same run");
+    assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 5);
+
+    for (bad, named) in [
+        ("{\"template\": \"noop\"}\n{\"template\": \"nope\"}\n", "line 2: unknown template"),
+        ("{\"template\": \"counted\", \"params\": {\"n\": \"x\"}}\n", "line 1: invalid params"),
+        ("{\"template\": \"noop\"}\n{\"template\": \"noop\", \"lane\": \"E\"}\n", "line 2: unknown variant `E`"),
+    ] {
+        let (ok, _, stderr) = enqueue(bad);
+        assert!(!ok, "{bad} was accepted");
+        assert!(stderr.contains(named) && stderr.contains("nothing was enqueued"), "{stderr}");
+        assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 5, "nothing of {bad} was enqueued");
+    }
+    let _ = std::fs::remove_file(&file);
+}

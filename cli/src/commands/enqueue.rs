@@ -1,4 +1,5 @@
-//! `runlane enqueue TEMPLATE --lane A --param k=v …`: one run; prints its id.
+//! `runlane enqueue TEMPLATE --lane A --param k=v …`: one run; prints its id. With `--batch FILE`,
+//! many runs from JSON lines in one transaction (see [`super::enqueue_batch`]).
 
 use super::common::{ConfigArgs, connect};
 use anyhow::{Context, bail};
@@ -12,7 +13,8 @@ pub struct Args {
     #[command(flatten)]
     config: ConfigArgs,
     /// Template name
-    template: String,
+    #[arg(required_unless_present = "batch")]
+    template: Option<String>,
     /// Lane (A–D); the template's default lane when omitted
     #[arg(long)]
     lane: Option<Lane>,
@@ -27,7 +29,14 @@ pub struct Args {
     idempotency_key: Option<String>,
     #[arg(long)]
     session: Option<SessionId>,
-    /// Print {"run_id": …} instead of the bare id
+    /// Due at this time (RFC 3339, e.g. 2026-12-24T06:00:00Z); it waits as scheduled until then
+    #[arg(long)]
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Enqueue every run in FILE (`-`: stdin), one JSON object per line: {"template": …, "params":
+    /// {…}, "lane", "priority", "run_at", "idempotency_key", "session_id"}; all or none
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["template", "lane", "params", "priority", "idempotency_key", "run_at"])]
+    batch: Option<std::path::PathBuf>,
+    /// Print {"run_id": …} (a line per run with --batch) instead of the bare id
     #[arg(long)]
     json: bool,
 }
@@ -53,13 +62,18 @@ pub fn parse_params(pairs: &[String]) -> anyhow::Result<Value> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.config.load(Vec::new())?;
+    if let Some(file) = &args.batch {
+        let reqs = super::enqueue_batch::read(file, args.session)?;
+        let pool = connect(&settings, "runlane-enqueue").await?;
+        return super::enqueue_batch::enqueue(&pool, &reqs, args.json).await;
+    }
     let pool = connect(&settings, "runlane-enqueue").await?;
     let req = EnqueueRequest {
-        template: args.template,
+        template: args.template.context("a template name is needed")?,
         params: parse_params(&args.params)?,
         lane: args.lane,
         priority: args.priority,
-        run_at: None,
+        run_at: args.run_at,
         idempotency_key: args.idempotency_key,
         session_id: args.session,
     };

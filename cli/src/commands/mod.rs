@@ -5,6 +5,7 @@ pub mod bench;
 pub mod common;
 pub mod demo;
 pub mod enqueue;
+pub mod enqueue_batch;
 pub mod migrate;
 pub mod sweep;
 pub mod tail;
