@@ -12,6 +12,10 @@ use sqlx::PgPool;
 use std::future::Future;
 use tokio::sync::mpsc;
 
+/// Runs one claim takes at most (the executor API refuses more; a worker with more free slots
+/// claims again).
+pub const MAX_CLAIM: u32 = 1000;
+
 /// The worker's view of the queue. Every call about a run is safe to repeat after a lost reply.
 pub trait Broker: Send + Sync + 'static {
     fn register_worker(&self, reg: &WorkerRegistration) -> impl Future<Output = Result<WorkerId>> + Send;

@@ -6,7 +6,8 @@
 //! well, since notices can be missed (a reconnect says so with [`Notice::Resumed`]). A listener
 //! that stops reading cannot fill PostgreSQL's notification queue: [`listen`] keeps draining the
 //! connection into a bounded channel and drops what a slow consumer has no room for (it re-reads
-//! on its poll), so no commit anywhere waits on it.
+//! on its poll). (PostgreSQL's queue holds 8 GB by default; were it ever full, NOTIFY would fail the
+//! committing transaction rather than wait.)
 
 use crate::model::{Lane, RunId};
 use sqlx::PgPool;
@@ -79,8 +80,8 @@ pub fn parse(channel: &str, payload: &str) -> Option<Notice> {
     channel.strip_prefix("runlane_lane_").and_then(|l| l.parse().ok()).map(Notice::LaneReady)
 }
 
-/// Listens on `channels` until the receiver is dropped; reconnects after a failure (then sends
-/// `Resumed`). At most `capacity` notices wait; past that they are dropped (see the module doc).
+/// Listens on `channels` until the receiver is dropped; reconnects after a failure and then sends
+/// `Resumed`. At most `capacity` notices wait; past that they are dropped (see the module doc).
 pub async fn listen(pool: &PgPool, channels: &[String], capacity: usize) -> sqlx::Result<mpsc::Receiver<Notice>> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen_all(channels.iter().map(String::as_str)).await?;
@@ -90,7 +91,6 @@ pub async fn listen(pool: &PgPool, channels: &[String], capacity: usize) -> sqlx
 }
 
 async fn pump(mut listener: PgListener, tx: mpsc::Sender<Notice>) {
-    let mut broken = false;
     loop {
         let received = tokio::select! {
             _ = tx.closed() => return,
@@ -101,28 +101,33 @@ async fn pump(mut listener: PgListener, tx: mpsc::Sender<Notice>) {
                 Some(notice) => notice,
                 None => continue,
             },
-            // The connection was lost; the next try_recv reconnects.
-            Ok(None) => {
-                broken = true;
-                continue;
-            }
-            Err(e) => {
-                if !broken {
-                    tracing::warn!(error = %e, "notification connection lost; reconnecting");
+            // The connection was lost (Ok(None)) or could not be used: connect and LISTEN again now,
+            // so the consumer hears `Resumed` as soon as notices flow again.
+            Ok(None) | Err(_) => {
+                if reconnect(&mut listener, &tx).await.is_err() {
+                    return;
                 }
-                broken = true;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
+                Notice::Resumed
             }
         };
-        if broken {
-            broken = false;
-            if offer(&tx, Notice::Resumed).is_err() {
-                return;
-            }
-        }
         if offer(&tx, notice).is_err() {
             return;
+        }
+    }
+}
+
+/// Connects the listener again (sqlx re-issues its LISTENs with the connection), pausing between
+/// tries. Err: the consumer went away meanwhile.
+async fn reconnect(listener: &mut PgListener, tx: &mpsc::Sender<Notice>) -> Result<(), ()> {
+    tracing::warn!("notification connection lost; reconnecting");
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return Err(()),
+            r = sqlx::query("SELECT 1").execute(&mut *listener) => if r.is_ok() { return Ok(()) },
+        }
+        tokio::select! {
+            _ = tx.closed() => return Err(()),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
 }

@@ -6,6 +6,17 @@ use crate::error::Error;
 use crate::model::{Lease, NewEvent, Outcome, RunStatus, StepStatus};
 use serde::{Deserialize, Serialize};
 
+/// Items one `apply_ops` call carries at most (the SQL function and the executor API refuse more).
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Events one `apply_ops` call carries at most (the SQL function refuses more).
+pub const MAX_BATCH_EVENTS: usize = 20_000;
+/// Bytes of event text one call carries at most, as [`RunOps::text_bytes`] counts them: well under
+/// the executor API's 8 MiB request limit even when JSON escaping multiplies the text several times.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Bytes of event text a run's writer puts in one item at most (a quarter of a call: items of many
+/// runs share one).
+pub const MAX_ITEM_BYTES: usize = MAX_BATCH_BYTES / 4;
+
 /// Ending a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepFinish {
@@ -43,6 +54,16 @@ pub struct RunOps {
     pub start: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete: Option<Completion>,
+}
+
+impl RunOps {
+    /// The text this item carries: its events' bodies and data, plus a little per event.
+    pub fn text_bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| 32 + e.body.as_ref().map_or(0, String::len) + e.data.as_ref().map_or(0, |d| d.to_string().len()))
+            .sum()
+    }
 }
 
 /// What the queue answered for one item (`apply_ops` returns one per item, in order).

@@ -198,7 +198,7 @@ impl Default for DockerSettings {
 }
 
 /// Whether and how often this process sweeps. What a pass does (retention, worker timeout, deadline
-/// slack) is the fleet's policy, kept in the database and set by its owner (`runlane sweep-policy`).
+/// slack) is the fleet's policy, kept in the database and set by its owner (`runlane sweep --retention-s …`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperSettings {

@@ -90,19 +90,14 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?;
-        let row: Option<(uuid::Uuid, String, Option<Vec<String>>, String)> =
-            sqlx::query_as("SELECT id, role, lanes, state FROM runlane.authenticate($1)")
-                .bind(token_hash(token))
-                .fetch_optional(&state.pool)
-                .await
-                .map_err(|e| ApiError::from(runlane_core::Error::from(e)))?;
-        let Some((token_id, role, lanes, token_state)) = row else {
+        let Some(found) = runlane_core::db::authenticate(&state.pool, &token_hash(token)).await? else {
             return Err(ApiError::unauthorized("unknown token"));
         };
-        if token_state != "ok" {
-            return Err(ApiError::unauthorized(format!("this token is {token_state}")));
+        if found.state != "ok" {
+            return Err(ApiError::unauthorized(format!("this token is {}", found.state)));
         }
-        let role = match role.as_str() {
+        let (token_id, lanes) = (found.id, found.lanes);
+        let role = match found.role.as_str() {
             "worker" => Role::Worker,
             "operator" => Role::Operator,
             _ => Role::Viewer,

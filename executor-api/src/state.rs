@@ -50,7 +50,7 @@ impl DbContact {
     /// Pings the database every `every` (each ping bounded by it too) until `stop`.
     pub async fn watch(self: Arc<Self>, pool: PgPool, every: Duration, stop: tokio_util::sync::CancellationToken) {
         loop {
-            let ping = sqlx::query("SELECT 1").execute(&pool);
+            let ping = runlane_core::db::ping(&pool);
             if let Ok(Ok(_)) = tokio::time::timeout(every, ping).await {
                 self.ok();
             }

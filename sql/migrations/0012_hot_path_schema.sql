@@ -51,7 +51,8 @@ CREATE INDEX runs_running_idx ON runlane.runs (lane) WHERE status = 'running';
 
 -- Where the attempt's steps stand, on the run itself, so a transition is checked against the run row
 -- that is updated anyway: the step running now, the last step started, and the first step that ended
--- in a way that fails the run (NULL while none did). Reset by every claim.
+-- in a way that fails the run or was passed over unstarted (NULL while none was). Reset by every
+-- claim.
 ALTER TABLE runlane.runs
     ADD COLUMN running_step integer,
     ADD COLUMN last_started_step integer NOT NULL DEFAULT -1,

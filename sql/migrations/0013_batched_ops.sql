@@ -29,7 +29,8 @@ LANGUAGE sql STABLE SET search_path = runlane, pg_temp AS $$
     LIMIT 1
 $$;
 
--- As in 0008, keeping the run's step columns (0012) current.
+-- As in 0008, keeping the run's step columns (0012) current; a step passed over unstarted is the
+-- attempt's step problem (a failed run skips its remaining steps; a succeeded one ran them all).
 CREATE OR REPLACE FUNCTION runlane.start_step(p_run_id uuid, p_lease uuid, p_step integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = runlane, pg_temp AS $$
 DECLARE
@@ -54,7 +55,14 @@ BEGIN
         RAISE EXCEPTION 'step % of run % cannot start now: step % was started last, % is running', p_step, p_run_id,
             r.last_started_step, coalesce(r.running_step::text, 'none') USING ERRCODE = 'RL409';
     END IF;
-    UPDATE runs SET next_seq = next_seq + 1, running_step = p_step, last_started_step = p_step WHERE id = p_run_id;
+    -- Starting past a step that never ran: the attempt can no longer succeed.
+    UPDATE runs SET next_seq = next_seq + 1, running_step = p_step, last_started_step = p_step,
+                    step_problem = CASE
+                        WHEN step_problem IS NULL AND p_step > last_started_step + 1
+                            THEN format('step %s ''%s'' never started', last_started_step + 1,
+                                        steps -> (last_started_step + 1) ->> 'name')
+                        ELSE step_problem END
+    WHERE id = p_run_id;
     INSERT INTO run_steps (run_id, attempt, idx, name, kind, status, started_seq)
     VALUES (p_run_id, r.attempt, p_step, spec ->> 'name', spec ->> 'kind', 'running', r.next_seq);
     INSERT INTO run_events (run_id, seq, attempt, kind, step, data)
@@ -166,11 +174,11 @@ BEGIN
     IF n > 1000 OR m > 20000 THEN
         RAISE EXCEPTION 'a batch holds at most 1000 items and 20000 events, got % and %', n, m USING ERRCODE = 'RL422';
     END IF;
-    IF n <> ALL (ARRAY[cardinality(p_leases), cardinality(p_ops), cardinality(p_finish_steps),
+    IF n <> ANY (ARRAY[cardinality(p_leases), cardinality(p_ops), cardinality(p_finish_steps),
                        cardinality(p_finish_statuses), cardinality(p_finish_exit_codes), cardinality(p_finish_errors),
                        cardinality(p_start_steps), cardinality(p_outcomes), cardinality(p_results),
                        cardinality(p_errors)])
-       OR m <> ALL (ARRAY[cardinality(p_event_kinds), cardinality(p_event_steps), cardinality(p_event_streams),
+       OR m <> ANY (ARRAY[cardinality(p_event_kinds), cardinality(p_event_steps), cardinality(p_event_streams),
                           cardinality(p_event_bodies), cardinality(p_event_data)]) THEN
         RAISE EXCEPTION 'apply_ops: every item array needs % elements and every event array %', n, m
             USING ERRCODE = 'RL422';
@@ -246,6 +254,9 @@ BEGIN
                 WHEN r.step_problem IS NULL AND i.fstep IS NOT NULL AND i.fstatus NOT IN ('succeeded', 'skipped')
                      AND (r.steps -> i.fstep -> 'continue_on_error') IS DISTINCT FROM 'true'
                     THEN format('step %s ''%s'' %s', i.fstep, r.steps -> i.fstep ->> 'name', i.fstatus)
+                WHEN r.step_problem IS NULL AND i.sstep > r.last_started_step + 1
+                    THEN format('step %s ''%s'' never started', r.last_started_step + 1,
+                                r.steps -> (r.last_started_step + 1) ->> 'name')
                 ELSE r.step_problem END
         FROM items i
         WHERE r.id = i.run_id AND r.lease = i.lease

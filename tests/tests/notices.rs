@@ -26,3 +26,26 @@ async fn enqueue_and_cancel_reach_subscribers_at_once() {
     let next = tokio::time::timeout(PATIENCE, notices.recv()).await.expect("in time");
     assert_eq!(next, Some(Notice::Cancel(run)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_says_it_resumed_as_soon_as_postgres_is_back() {
+    let t = TestDb::new().await;
+    let mut notices = runlane_core::notices::listen(&t.pool, &[runlane_core::notices::CANCEL_CHANNEL.into()], 16)
+        .await
+        .expect("listen");
+    let cluster = t.cluster();
+    tokio::task::block_in_place(|| cluster.restart()).expect("restart PostgreSQL");
+    // No notification is sent after the restart: the listener reconnects by itself and says so, so a
+    // consumer re-reads what it may have missed without waiting for the next notice.
+    let resumed = tokio::time::timeout(PATIENCE, notices.recv()).await.expect("Resumed in time");
+    assert_eq!(resumed, Some(Notice::Resumed));
+    // And it listens again.
+    db::ping(&t.pool).await.expect("the pool is back");
+    sqlx::query("SELECT pg_notify('runlane_cancel', $1)")
+        .bind(uuid::Uuid::nil().to_string())
+        .execute(&t.pool)
+        .await
+        .expect("notify");
+    let next = tokio::time::timeout(PATIENCE, notices.recv()).await.expect("a notice in time");
+    assert_eq!(next, Some(Notice::Cancel(RunId(uuid::Uuid::nil()))));
+}

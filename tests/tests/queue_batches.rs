@@ -155,3 +155,62 @@ async fn an_enqueue_batch_whose_arrays_do_not_line_up_is_refused_whole() {
     assert_eq!(code.as_deref(), Some("RL422"), "{err}");
     assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 0, "nothing was enqueued");
 }
+
+/// `runs` runs' items, each with `lines` output lines of `width` bytes, handed to one batcher at
+/// once: more than one call may carry, so the batcher splits them; every item commits.
+async fn many_chatty_items_through_one_batcher(
+    t: &TestDb,
+    broker: impl Broker,
+    runs: usize,
+    lines: usize,
+    width: usize,
+) {
+    use runlane_worker::batcher::{Batcher, BatcherOptions};
+    t.apply_noop().await;
+    for _ in 0..runs {
+        t.enqueue("noop", Lane::A).await;
+    }
+    let worker = broker.register_worker(&registration("chatty")).await.expect("register");
+    let claimed = broker.claim_runs(worker, &[Lane::A], runs as u32, None).await.expect("claim");
+    assert_eq!(claimed.len(), runs);
+    let metrics = std::sync::Arc::new(runlane_worker::metrics::Metrics::default());
+    let (batcher, _) = Batcher::spawn(std::sync::Arc::new(broker), BatcherOptions::default(), metrics);
+    let items = claimed.iter().map(|c| RunOps {
+        lease: c.lease(),
+        op: 1,
+        events: (0..lines).map(|i| NewEvent::output(0, Stream::Stdout, format!("{i:0width$}"))).collect(),
+        finish: None,
+        start: None,
+        complete: None,
+    });
+    let answers = futures_util::future::join_all(items.map(|item| batcher.submit(item))).await;
+    for (answer, run) in answers.into_iter().zip(&claimed) {
+        answer.unwrap_or_else(|e| panic!("run {}: {e}", run.run_id));
+    }
+    let ids: Vec<RunId> = claimed.iter().map(|c| c.run_id).collect();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runlane.run_events WHERE kind = 'step.output' AND run_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&t.pool)
+            .await
+            .expect("count");
+    assert_eq!(stored, (runs * lines) as i64);
+}
+
+#[tokio::test]
+async fn a_batcher_splits_what_one_call_cannot_carry() {
+    let t = TestDb::new().await;
+    // 60,000 events against 20,000 a call.
+    many_chatty_items_through_one_batcher(&t, t.broker(), 60, 1000, 8).await;
+}
+
+#[tokio::test]
+async fn a_batcher_splits_what_one_request_to_the_executor_api_cannot_carry() {
+    let t = TestDb::new().await;
+    let api = TestApi::start(t.pool.clone(), |_| {}).await;
+    let (_, worker_token) = token(&t.pool, "worker", None).await;
+    let broker = || HttpBroker::new(&api.base, &worker_token).expect("http broker");
+    // 60,000 events against 20,000 a call; then 16 MiB of output against the API's 8 MiB a request.
+    many_chatty_items_through_one_batcher(&t, broker(), 60, 1000, 8).await;
+    many_chatty_items_through_one_batcher(&t, broker(), 40, 100, 4096).await;
+}

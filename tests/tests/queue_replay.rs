@@ -4,6 +4,7 @@
 
 use runlane_core::db::{self, NewArtifact};
 use runlane_core::model::*;
+use runlane_core::ops::{Completion, RunOps, StepFinish};
 use runlane_core::{Error, Result};
 use runlane_tests::TestDb;
 use serde_json::json;
@@ -163,4 +164,45 @@ async fn a_run_cannot_succeed_with_a_step_unfinished_failed_or_never_started() {
     let done = db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await.expect("complete");
     assert_eq!(done, RunStatus::Succeeded);
     assert_eq!(t.status(run).await, "succeeded");
+}
+
+#[tokio::test]
+async fn a_run_cannot_succeed_after_starting_past_a_step_that_never_ran() {
+    let t = TestDb::new().await;
+    t.apply(
+        "three",
+        json!({"steps": [{"name": "a", "kind": "noop"}, {"name": "b", "kind": "noop"}, {"name": "c", "kind": "noop"}]}),
+    )
+    .await;
+    // Through the per-run functions: a, then c, skipping b.
+    let (run, lease) = claim_one(&t, "three").await;
+    db::finish_step(&t.pool, lease, 0, StepStatus::Succeeded, Some(0), None).await.expect("a");
+    db::start_step(&t.pool, lease, 2).await.expect("c may start: a failed run skips steps too");
+    db::finish_step(&t.pool, lease, 2, StepStatus::Succeeded, Some(0), None).await.expect("c");
+    expect_conflict(
+        "b skipped",
+        db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await,
+        "step 1 'b' never started",
+    );
+    assert_eq!(t.status(run).await, "running");
+    let failed = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("b was skipped")).await.expect("fail");
+    assert_eq!(failed, RunStatus::Failed);
+
+    // Through one batch item: a's end and c's start together, then c's end with the run's.
+    let (run, lease) = claim_one(&t, "three").await;
+    let finish = |step| Some(StepFinish { step, status: StepStatus::Succeeded, exit_code: Some(0), error: None });
+    let skip = RunOps { lease, op: 1, events: vec![], finish: finish(0), start: Some(2), complete: None };
+    let end = RunOps {
+        lease,
+        op: 2,
+        events: vec![],
+        finish: finish(2),
+        start: None,
+        complete: Some(Completion { outcome: Outcome::Succeeded, result: None, error: None }),
+    };
+    assert_eq!(db::apply_ops(&t.pool, &[skip]).await.expect("batch")[0].code, "ok");
+    let answer = db::apply_ops(&t.pool, &[end]).await.expect("batch").remove(0);
+    assert_eq!(answer.code, "RL409", "{answer:?}");
+    assert!(answer.message.as_deref().is_some_and(|m| m.contains("step 1 'b' never started")), "{answer:?}");
+    assert_eq!(t.status(run).await, "running");
 }

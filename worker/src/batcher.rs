@@ -4,12 +4,13 @@
 //! `submit` returns once its item committed.
 //!
 //! Batching is natural rather than timed: a batch leaves as soon as a call slot is free, taking
-//! everything that waits (up to `max_items`). An idle worker's item goes at once; under load, items
-//! gather while the calls in flight commit.
+//! everything that waits, up to `max_items` and what one call may carry (events and bytes: see
+//! `runlane_core::ops`); the rest goes in the next. An idle worker's item goes at once; under load,
+//! items gather while the calls in flight commit.
 
 use crate::metrics::Metrics;
 use runlane_core::broker::Broker;
-use runlane_core::ops::{Applied, RunOps};
+use runlane_core::ops::{Applied, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_ITEMS, RunOps};
 use runlane_core::{Error, Result};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherOptions {
-    /// Items in one call, at most.
+    /// Items in one call, at most (never more than `MAX_BATCH_ITEMS`).
     pub max_items: usize,
     /// Calls in flight at once (each is one transaction; PostgreSQL commits them together).
     pub max_in_flight: usize,
@@ -70,24 +71,40 @@ async fn batch_loop<B: Broker>(
 ) {
     let mut in_flight = JoinSet::new();
     let mut open = true;
-    while open || !in_flight.is_empty() {
+    // An item that did not fit the last batch: it opens the next.
+    let mut carried: Option<Pending> = None;
+    let max_items = opts.max_items.clamp(1, MAX_BATCH_ITEMS);
+    while open || !in_flight.is_empty() || carried.is_some() {
         tokio::select! {
-            first = rx.recv(), if open && in_flight.len() < opts.max_in_flight.max(1) => {
+            first = next(&mut carried, &mut rx), if (open || carried.is_some()) && in_flight.len() < opts.max_in_flight.max(1) => {
                 let Some(first) = first else {
                     open = false;
                     continue;
                 };
+                let (mut events, mut bytes) = (first.item.events.len(), first.item.text_bytes());
                 let mut batch = vec![first];
-                while batch.len() < opts.max_items {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
+                while batch.len() < max_items {
+                    let Ok(p) = rx.try_recv() else { break };
+                    let (e, b) = (p.item.events.len(), p.item.text_bytes());
+                    if events + e > MAX_BATCH_EVENTS || bytes + b > MAX_BATCH_BYTES {
+                        carried = Some(p);
+                        break;
                     }
+                    (events, bytes) = (events + e, bytes + b);
+                    batch.push(p);
                 }
                 in_flight.spawn(send_batch(broker.clone(), batch, metrics.clone()));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
+    }
+}
+
+/// The item carried over from the last batch, or the next one to arrive.
+async fn next(carried: &mut Option<Pending>, rx: &mut mpsc::Receiver<Pending>) -> Option<Pending> {
+    match carried.take() {
+        Some(p) => Some(p),
+        None => rx.recv().await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! One run, from claim to completion: its steps in order, a heartbeat that renews the lease (and
-//! learns of cancellation), `always` steps after a failure or cancel, and the final `complete_run`.
+//! learns of cancellation), `always` steps after a failure or cancel, and the attempt's end — every
+//! write through the run's writer and the worker's batcher.
 //! Nothing is held open in the database while a step runs: every write carries the lease, and every
 //! write is safe to repeat after a lost reply. A step the queue could not record fails the run.
 

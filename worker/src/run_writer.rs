@@ -1,5 +1,6 @@
 //! Everything a run task writes about its run goes through its writer, in order: output events
-//! (gathered until `batch_max` wait or `flush_interval` passed since the first), step transitions
+//! (gathered until `batch_max` or `MAX_ITEM_BYTES` of them wait, or `flush_interval` passed since
+//! the first), step transitions
 //! and the attempt's end. The writer numbers its items 1, 2, 3 … within the attempt and has at most
 //! one with the batcher at a time, so a retry after a lost reply is always the last item, answered
 //! and written once.
@@ -11,7 +12,7 @@ use crate::batcher::Batcher;
 use crate::lease::persist;
 use crate::metrics::Metrics;
 use runlane_core::model::{Lease, NewEvent, Outcome, RunStatus};
-use runlane_core::ops::{Applied, Completion, RunOps, StepFinish};
+use runlane_core::ops::{Applied, Completion, MAX_ITEM_BYTES, RunOps, StepFinish};
 use runlane_core::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,7 @@ struct Writer {
 
 async fn write_loop(mut w: Writer, opts: WriterOptions, mut rx: mpsc::Receiver<Command>) {
     let mut events: Vec<NewEvent> = Vec::with_capacity(opts.batch_max);
+    let mut bytes = 0;
     let mut finish: Option<StepFinish> = None;
     let mut acks: Vec<oneshot::Sender<Result<(), WriteError>>> = Vec::new();
     loop {
@@ -137,7 +139,10 @@ async fn write_loop(mut w: Writer, opts: WriterOptions, mut rx: mpsc::Receiver<C
         // Gather until the batch is full, a flush or a write is asked for, or the deadline passes.
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Event(e) => events.push(e),
+                Command::Event(e) => {
+                    bytes += 32 + e.body.as_ref().map_or(0, String::len);
+                    events.push(e);
+                }
                 Command::Finish(f) => finish = Some(f),
                 Command::Flush(ack) => {
                     acks.push(ack);
@@ -148,7 +153,7 @@ async fn write_loop(mut w: Writer, opts: WriterOptions, mut rx: mpsc::Receiver<C
                     break;
                 }
             }
-            if events.len() >= opts.batch_max {
+            if events.len() >= opts.batch_max || bytes >= MAX_ITEM_BYTES {
                 break;
             }
             next = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -156,6 +161,7 @@ async fn write_loop(mut w: Writer, opts: WriterOptions, mut rx: mpsc::Receiver<C
                 Ok(None) | Err(_) => None,
             };
         }
+        bytes = 0;
         let (start, complete, ack) = match write {
             Some((start, complete, ack)) => (start, complete, Some(ack)),
             None => (None, None, None),

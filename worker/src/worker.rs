@@ -5,10 +5,10 @@
 
 use crate::metrics::uptime_ms;
 use crate::run_task::{self, RunSignals, Shared};
-use runlane_core::broker::Broker;
+use runlane_core::broker::{Broker, MAX_CLAIM};
 use runlane_core::model::*;
 use runlane_core::notices::Notice;
-use runlane_core::ops::{Completion, RunOps};
+use runlane_core::ops::{Completion, RunOps, StepFinish};
 use runlane_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -143,7 +143,7 @@ impl<B: Broker> Worker<B> {
 
     /// Claims into the free slots once and starts a task per run. Returns how many were claimed.
     pub async fn claim_once(&self, lanes: &[Lane], shutdown: &Shutdown) -> Result<usize> {
-        let free = self.slots.available_permits() as u32;
+        let free = (self.slots.available_permits() as u32).min(MAX_CLAIM);
         if free == 0 {
             return Ok(0);
         }
@@ -161,13 +161,20 @@ impl<B: Broker> Worker<B> {
         for run in runs {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 // Cannot happen: we claimed at most `free` and only this loop takes permits. Hand
-                // the run straight back rather than run it over capacity.
+                // the run straight back rather than run it over capacity (the claim started its first
+                // step: end that too).
                 let back = Completion { outcome: Outcome::Interrupted, result: None, error: None };
+                let unstarted = StepFinish {
+                    step: 0,
+                    status: StepStatus::Cancelled,
+                    exit_code: None,
+                    error: Some("handed back: no free slot".into()),
+                };
                 let item = RunOps {
                     lease: run.lease(),
                     op: 1,
                     events: vec![],
-                    finish: None,
+                    finish: Some(unstarted),
                     start: None,
                     complete: Some(back),
                 };

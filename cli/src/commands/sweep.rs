@@ -82,8 +82,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut v = serde_json::to_value(&total)?;
         v["pruned"] = serde_json::json!(pruned);
         println!("{v}");
-    } else if total.skipped {
+    } else if total.skipped && pruned == 0 {
         println!("another sweeper is running: nothing done");
+    } else if total.skipped {
+        println!("another sweeper is running: swept nothing; pruned {pruned}");
     } else {
         println!(
             "requeued {}, cancelled {}, failed past crash cap {}, failed past deadline {}, promoted {}, workers gone {}, \

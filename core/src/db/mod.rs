@@ -1,7 +1,7 @@
 //! PostgreSQL: connecting, the embedded migrations, and one small function per SQL call.
 //!
-//! Every SQL statement runlane runs lives in this module (`queries` for the queue functions,
-//! `reads` for what operators read). Functions take `impl PgExecutor` so the caller decides the
+//! Every SQL statement of the queue lives in this module (`queries` for the queue functions,
+//! `reads` for what operators read); only `runlane bench` runs its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
 //! transaction.
 
 mod queries;

@@ -281,7 +281,8 @@ pub async fn put_artifact(ex: impl PgExecutor<'_>, lease: Lease, a: &NewArtifact
         .await?)
 }
 
-/// Ends an attempt. Returns the run's status afterwards (`queued` when a retry was scheduled).
+/// Ends an attempt. Returns the run's status afterwards (`scheduled` when a retry waits out its
+/// backoff, `queued` when it is due at once or the run was handed back).
 pub async fn complete_run(
     ex: impl PgExecutor<'_>,
     lease: Lease,
@@ -391,6 +392,30 @@ pub async fn running_attempts(ex: impl PgExecutor<'_>, runs: &[RunId]) -> Result
 /// The fleet this database is: labels on step containers carry it.
 pub async fn fleet_id(ex: impl PgExecutor<'_>) -> Result<uuid::Uuid> {
     Ok(sqlx::query_scalar("SELECT runlane.fleet_id()").fetch_one(ex).await?)
+}
+
+/// A token as `authenticate` finds it by its hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenCheck {
+    pub id: uuid::Uuid,
+    pub role: String,
+    pub lanes: Option<Vec<String>>,
+    /// `ok`, or why the token may not be used.
+    pub state: String,
+}
+
+/// The token with this hash, if any (see `runlane.authenticate`: it writes nothing on a failure).
+pub async fn authenticate(ex: impl PgExecutor<'_>, token_hash: &[u8]) -> Result<Option<TokenCheck>> {
+    Ok(sqlx::query_as("SELECT id, role, lanes, state FROM runlane.authenticate($1)")
+        .bind(token_hash)
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// One round trip, to see that the database answers.
+pub async fn ping(ex: impl PgExecutor<'_>) -> Result<()> {
+    sqlx::query("SELECT 1").execute(ex).await?;
+    Ok(())
 }
 
 /// Stores a token's hash (the database owner's call). Returns the token's id.

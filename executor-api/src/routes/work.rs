@@ -1,6 +1,7 @@
-//! What workers call over HTTP (worker tokens): register, heartbeat, claim, steps, events,
-//! artifacts, complete, and a stream of wake-up and cancel notices. Every call about a run carries
-//! its lease; a stale one is 409 `lease_lost`.
+//! What workers call over HTTP (worker tokens): register, heartbeat, claim, a run's lease renewal,
+//! batches of runs' writes (`/v1/ops`: events, step transitions, endings), artifacts, and a stream
+//! of wake-up and cancel notices. Every call about a run carries its lease; a stale one is 409
+//! `lease_lost` (in a batch: that item's answer).
 
 use crate::auth::{Caller, Worker};
 use crate::error::{ApiError, ApiJson};
@@ -13,10 +14,11 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use runlane_core::artifacts::{ArtifactBytes, ArtifactError};
+use runlane_core::broker::MAX_CLAIM;
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_core::notices::Notice;
-use runlane_core::ops::RunOps;
+use runlane_core::ops::{MAX_BATCH_ITEMS, RunOps};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -99,8 +101,8 @@ pub async fn claim(
     ApiJson(b): ApiJson<Claim>,
 ) -> Result<Json<Value>, ApiError> {
     let lanes = lanes_of(&caller, &b.lanes)?;
-    if b.limit > 1000 {
-        return Err(ApiError::invalid("limit must be at most 1000"));
+    if b.limit > MAX_CLAIM {
+        return Err(ApiError::invalid(format!("limit must be at most {MAX_CLAIM}")));
     }
     let runs = db::claim_runs(&st.pool, b.worker_id, &lanes, b.limit, b.session_id).await?;
     Ok(Json(json!({"runs": runs})))
@@ -134,8 +136,8 @@ pub async fn apply_ops(
     _worker: Worker,
     ApiJson(b): ApiJson<OpsBatch>,
 ) -> Result<Json<Value>, ApiError> {
-    if b.items.len() > 1000 {
-        return Err(ApiError::invalid("a batch holds at most 1000 items"));
+    if b.items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} items")));
     }
     let outcomes = db::apply_ops(&st.pool, &b.items).await?;
     Ok(Json(json!({"outcomes": outcomes})))
