@@ -1,10 +1,11 @@
 //! Faults with real processes: kill -9 of a worker, a restarted PostgreSQL, a worker cut off from
-//! the database. Each asserts that nothing was lost and nothing ran twice.
+//! its queue (the database, or the executor API). Each runs over both brokers and asserts that
+//! nothing was lost and nothing ran twice.
 
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_tests::TestDb;
-use runlane_tests::process::{Fleet, PATIENCE, WorkerProc, processes_in_group, wait_until};
+use runlane_tests::process::{Fleet, PATIENCE, processes_in_group, wait_until};
 use runlane_tests::proxy::Proxy;
 use serde_json::json;
 use std::path::Path;
@@ -68,7 +69,18 @@ async fn kill_9_mid_step(http: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_postgres_loses_no_run_and_runs_none_twice() {
+    restarted_postgres(false).await;
+}
+
+/// The `runlane api` process stays up across the restart and reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_postgres_behind_the_api_loses_no_run_and_runs_none_twice() {
+    restarted_postgres(true).await;
+}
+
+async fn restarted_postgres(http: bool) {
     let t = TestDb::new().await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     let ledger = std::env::temp_dir().join(format!("runlane-ledger-{}", uuid::Uuid::new_v4().simple()));
     t.apply(
         "ledgered",
@@ -78,8 +90,8 @@ async fn a_restarted_postgres_loses_no_run_and_runs_none_twice() {
     )
     .await;
     let env = [("RUNLANE__WORKER__LEASE_MS", "10000"), ("RUNLANE__WORKER__HEARTBEAT_INTERVAL_MS", "1000")];
-    let _w1 = WorkerProc::spawn(Path::new(BIN), &t.url, "r1", &env);
-    let _w2 = WorkerProc::spawn(Path::new(BIN), &t.url, "r2", &env);
+    let _w1 = fleet.worker(Path::new(BIN), "r1", &env);
+    let _w2 = fleet.worker(Path::new(BIN), "r2", &env);
     let mut runs = Vec::new();
     for _ in 0..24 {
         let req = EnqueueRequest {
@@ -121,21 +133,29 @@ async fn a_restarted_postgres_loses_no_run_and_runs_none_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_past_its_lease_stops_its_step_and_the_run_finishes_elsewhere() {
+    cut_off_past_its_lease(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_api_past_its_lease_stops_its_step_and_the_run_finishes_elsewhere() {
+    cut_off_past_its_lease(true).await;
+}
+
+async fn cut_off_past_its_lease(http: bool) {
     let t = TestDb::new().await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     t.apply(
         "cutoff",
         json!({"steps": [{"name": "s", "kind": "shell",
                           "command": "echo pgid $$ attempt $RUNLANE_ATTEMPT; sleep 4; echo end $RUNLANE_ATTEMPT"}]}),
     )
     .await;
-    let upstream = format!("127.0.0.1:{}", t.cluster().port()).parse().expect("addr");
-    let proxy = Proxy::start(upstream).await;
-    let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
-    let isolated = WorkerProc::spawn(Path::new(BIN), &cut_url, "isolated", &[]);
+    let proxy = Proxy::start(fleet.upstream()).await;
+    let isolated = fleet.worker_via(Path::new(BIN), "isolated", &[], proxy.addr);
     let run = t.enqueue("cutoff", Lane::D).await;
     let first = wait_until("attempt 1 to start", PATIENCE, || body_event(&t, run, "attempt 1")).await;
     let pgid: u32 = first.body.expect("body").split_whitespace().nth(1).expect("pgid").parse().expect("pgid");
-    let _healthy = WorkerProc::spawn(Path::new(BIN), &t.url, "healthy", &[]);
+    let _healthy = fleet.worker(Path::new(BIN), "healthy", &[]);
 
     proxy.set_blackholed(true);
     // The isolated worker gives the step up before its lease can expire.
@@ -147,7 +167,7 @@ async fn a_worker_cut_off_past_its_lease_stops_its_step_and_the_run_finishes_els
     assert_eq!((rec.attempt, rec.crash_count), (2, 1));
 
     proxy.set_blackholed(false);
-    // Whatever the isolated worker had in flight reaches PostgreSQL now; its run task ends without
+    // Whatever the isolated worker had in flight reaches its queue now; its run task ends without
     // writing more (it gave the lease up), and says so.
     wait_until("the isolated worker to end its run task", PATIENCE, || async {
         isolated.log().contains("lease lost: the run was aborted here").then_some(())
@@ -177,7 +197,17 @@ fn ticks(ledger: &str, attempt: u32) -> Vec<u128> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_postgres_stops_its_step_before_another_worker_starts_it() {
+    cut_off_stops_before_another_starts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_api_stops_its_step_before_another_worker_starts_it() {
+    cut_off_stops_before_another_starts(true).await;
+}
+
+async fn cut_off_stops_before_another_starts(http: bool) {
     let t = TestDb::new().await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     let ledger = std::env::temp_dir().join(format!("runlane-ticks-{}", uuid::Uuid::new_v4().simple()));
     // The step ignores SIGTERM (the worst case: it runs until SIGKILL) and records a tick every 50 ms;
     // a whole attempt takes about 3 s. Its own grace is long: only the lease-loss grace cuts it.
@@ -188,10 +218,8 @@ async fn a_worker_cut_off_from_postgres_stops_its_step_before_another_worker_sta
                           "command": "trap '' TERM; for i in $(seq 1 60); do echo \"tick $RUNLANE_ATTEMPT $(date +%s%N)\" >> ${{ params.ledger }}; sleep 0.05; done; echo done $RUNLANE_ATTEMPT"}]}),
     )
     .await;
-    let upstream = format!("127.0.0.1:{}", t.cluster().port()).parse().expect("addr");
-    let proxy = Proxy::start(upstream).await;
-    let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
-    let _isolated = WorkerProc::spawn(Path::new(BIN), &cut_url, "isolated", &[]);
+    let proxy = Proxy::start(fleet.upstream()).await;
+    let _isolated = fleet.worker_via(Path::new(BIN), "isolated", &[], proxy.addr);
     let req = EnqueueRequest {
         template: "ticking".into(),
         params: json!({"ledger": ledger.to_string_lossy()}),
@@ -204,7 +232,7 @@ async fn a_worker_cut_off_from_postgres_stops_its_step_before_another_worker_sta
         (ticks(&text, 1).len() >= 3).then_some(())
     })
     .await;
-    let _healthy = WorkerProc::spawn(Path::new(BIN), &t.url, "healthy", &[]);
+    let _healthy = fleet.worker(Path::new(BIN), "healthy", &[]);
     proxy.set_blackholed(true);
 
     let rec = wait_status(&t, run, "succeeded", PATIENCE).await;
@@ -225,14 +253,29 @@ async fn a_worker_cut_off_from_postgres_stops_its_step_before_another_worker_sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_marked_gone_registers_again_and_keeps_working() {
+    marked_gone_registers_again(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_worker_marked_gone_registers_again_and_keeps_working() {
+    marked_gone_registers_again(true).await;
+}
+
+async fn marked_gone_registers_again(http: bool) {
     let t = TestDb::new().await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
     t.apply("quick", json!({"steps": [{"name": "s", "kind": "shell", "command": "echo ok"}]})).await;
-    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "revenant", &[]);
+    let w = fleet.worker(Path::new(BIN), "revenant", &[]);
     let first = t.enqueue("quick", Lane::B).await;
     wait_status(&t, first, "succeeded", PATIENCE).await;
-    // The sweeper, as if the worker had been silent for five minutes.
+    // The sweeper, as if the worker had been silent for five minutes. The fleet's own sweeper (the
+    // worker's, or the API's) holds the sweep lock now and then: a sweep it skipped did nothing.
     let opts = SweepOptions { now: Some(chrono::Utc::now() + chrono::Duration::minutes(5)), ..Default::default() };
-    assert_eq!(db::sweep_at(&t.pool, &opts).await.expect("sweep").workers_gone, 1);
+    let swept = wait_until("a sweep that was not skipped", PATIENCE, || async {
+        Some(db::sweep_at(&t.pool, &opts).await.expect("sweep")).filter(|r| !r.skipped)
+    })
+    .await;
+    assert_eq!(swept.workers_gone, 1, "{swept:?}");
     let second = t.enqueue("quick", Lane::B).await;
     let rec = wait_status(&t, second, "succeeded", PATIENCE).await;
     let states: Vec<(uuid::Uuid, String)> =

@@ -82,13 +82,13 @@ async fn tail_follows_a_shell_runbook(http: bool) {
     assert_eq!(workers, 2, "both workers registered and alive");
 }
 
-async fn start_sleeper(t: &TestDb, grace_ms: &str) -> (WorkerProc, RunId) {
+async fn start_sleeper(t: &TestDb, fleet: &Fleet, grace_ms: &str) -> (WorkerProc, RunId) {
     t.apply(
         "sleeper",
         json!({"steps": [{"name": "nap", "kind": "shell", "command": "echo started; sleep 5; echo finished"}]}),
     )
     .await;
-    let w = WorkerProc::spawn(Path::new(BIN), &t.url, "drainer", &[("RUNLANE__WORKER__SHUTDOWN_GRACE_MS", grace_ms)]);
+    let w = fleet.worker(Path::new(BIN), "drainer", &[("RUNLANE__WORKER__SHUTDOWN_GRACE_MS", grace_ms)]);
     let run = t.enqueue("sleeper", Lane::B).await;
     wait_until("the step to start", PATIENCE, || event_with_body(t, run, "started")).await;
     (w, run)
@@ -96,8 +96,18 @@ async fn start_sleeper(t: &TestDb, grace_ms: &str) -> (WorkerProc, RunId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_run_finish_within_the_grace() {
+    sigterm_within_the_grace(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_http_workers_run_finish_within_the_grace() {
+    sigterm_within_the_grace(true).await;
+}
+
+async fn sigterm_within_the_grace(http: bool) {
     let t = TestDb::new().await;
-    let (mut w, run) = start_sleeper(&t, "10000").await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
+    let (mut w, run) = start_sleeper(&t, &fleet, "10000").await;
     w.signal("TERM");
     let status = w.wait_exit(PATIENCE);
     assert!(status.success(), "worker exits 0 after draining\n{}", w.log());
@@ -108,8 +118,18 @@ async fn sigterm_lets_a_run_finish_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
+    sigterm_past_the_grace(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_hands_an_http_workers_run_back_without_using_an_attempt() {
+    sigterm_past_the_grace(true).await;
+}
+
+async fn sigterm_past_the_grace(http: bool) {
     let t = TestDb::new().await;
-    let (mut w, run) = start_sleeper(&t, "1000").await;
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
+    let (mut w, run) = start_sleeper(&t, &fleet, "1000").await;
     w.signal("TERM");
     let status = w.wait_exit(PATIENCE);
     assert!(status.success(), "{}", w.log());
@@ -119,7 +139,7 @@ async fn sigterm_past_the_grace_hands_the_run_back_without_using_an_attempt() {
     let requeued = events.iter().find(|e| e.kind == "run.requeued").expect("requeue recorded");
     assert_eq!(requeued.data.as_ref().expect("data")["reason"], "interrupted");
 
-    let _other = WorkerProc::spawn(Path::new(BIN), &t.url, "other", &[]);
+    let _other = fleet.worker(Path::new(BIN), "other", &[]);
     let done = wait_until("the other worker to finish it", PATIENCE, || async {
         let rec = run_status(&t, run).await;
         (rec.status == "succeeded").then_some(rec)

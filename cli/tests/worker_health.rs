@@ -3,7 +3,7 @@
 //! stops before it registers.
 
 use runlane_tests::TestDb;
-use runlane_tests::process::{PATIENCE, WorkerProc, wait_until};
+use runlane_tests::process::{Fleet, PATIENCE, WorkerProc, wait_until};
 use runlane_tests::proxy::Proxy;
 use std::path::Path;
 
@@ -27,15 +27,30 @@ async fn wait_for(what: &str, url: &str, want: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_and_readiness_fail_while_the_worker_is_cut_off_and_recover_after() {
+    health_under_a_cut_link(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_readiness_fail_while_an_http_worker_is_cut_off_from_the_api_and_recover_after() {
+    health_under_a_cut_link(true).await;
+}
+
+async fn health_under_a_cut_link(http: bool) {
     let t = TestDb::new().await;
-    let upstream = format!("127.0.0.1:{}", t.cluster().port()).parse().expect("addr");
-    let proxy = Proxy::start(upstream).await;
-    let cut_url = t.url.replace(&format!(":{}/", t.cluster().port()), &format!(":{}/", proxy.addr.port()));
+    let fleet = Fleet::of(Path::new(BIN), &t, http).await;
+    let proxy = Proxy::start(fleet.upstream()).await;
     let listen = format!("127.0.0.1:{}", free_port());
-    let _w = WorkerProc::spawn(Path::new(BIN), &cut_url, "watched", &[("RUNLANE__WORKER__LISTEN", listen.as_str())]);
+    let _w = fleet.worker_via(Path::new(BIN), "watched", &[("RUNLANE__WORKER__LISTEN", listen.as_str())], proxy.addr);
     let (healthz, readyz) = (format!("http://{listen}/healthz"), format!("http://{listen}/readyz"));
     wait_for("up", &healthz, 200).await;
     wait_for("up", &readyz, 200).await;
+    // Liveness tells of heartbeats that stop getting through: one has to have got through first
+    // (until then the worker counts as just registered, and live).
+    wait_until("a worker heartbeat to get through", PATIENCE, || async {
+        let body: serde_json::Value = reqwest::get(&healthz).await.ok()?.json().await.ok()?;
+        body["last_heartbeat_age_ms"].is_number().then_some(())
+    })
+    .await;
 
     proxy.set_blackholed(true);
     wait_for("cut off", &readyz, 503).await;

@@ -9,7 +9,7 @@
 //! - [`docker`]: the Docker engine for docker-step tests (a locally imported busybox image).
 //! - [`lossy`]: a broker whose replies get lost (or whose calls are refused), in front of a real one.
 //! - [`process`]: real `runlane worker` processes for fleet and fault tests (used from cli/tests/).
-//! - [`proxy`]: a TCP proxy a test can cut, between a worker and PostgreSQL.
+//! - [`proxy`]: a TCP proxy a test can cut, between a worker and its queue (PostgreSQL or the API).
 //! - `tests/`: one file per area (queue contract, executors …).
 
 pub mod api;

@@ -3,6 +3,7 @@
 //! `runlane` binary is built (`CARGO_BIN_EXE_runlane`).
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -129,7 +130,8 @@ where
 pub use runlane_worker::process_group::processes_in_group;
 
 /// How a test's workers reach the queue: PostgreSQL directly, or a `runlane api` process (then the
-/// workers hold only a worker token). Fleet tests run once per kind.
+/// workers hold only a worker token). Fleet and fault tests run once per kind; cutting a worker off
+/// from PostgreSQL becomes cutting it off from the API.
 #[derive(Debug)]
 pub enum Fleet {
     Postgres { database_url: String },
@@ -163,10 +165,40 @@ impl Fleet {
 
     /// A worker process of this fleet.
     pub fn worker(&self, bin: &Path, name: &str, env: &[(&str, &str)]) -> WorkerProc {
+        self.spawn(bin, self.url(), name, env)
+    }
+
+    /// Where this fleet's workers connect: PostgreSQL, or the executor API. A test that cuts a
+    /// worker off puts a [`crate::proxy::Proxy`] in front of it and starts the worker
+    /// [`Fleet::worker_via`] the proxy.
+    pub fn upstream(&self) -> SocketAddr {
+        let url = reqwest::Url::parse(self.url()).expect("the fleet's URL");
+        let (host, port) = (url.host_str().expect("a host"), url.port().expect("a port"));
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).expect("resolve").next().expect("an address")
+    }
+
+    /// A worker process of this fleet whose connection to the [`Fleet::upstream`] goes to `via` instead.
+    pub fn worker_via(&self, bin: &Path, name: &str, env: &[(&str, &str)], via: SocketAddr) -> WorkerProc {
+        let mut url = reqwest::Url::parse(self.url()).expect("the fleet's URL");
+        url.set_ip_host(via.ip()).expect("an IP host");
+        url.set_port(Some(via.port())).expect("a port");
+        self.spawn(bin, url.as_str(), name, env)
+    }
+
+    /// The database URL, or the API's base URL.
+    fn url(&self) -> &str {
         match self {
-            Fleet::Postgres { database_url } => WorkerProc::spawn(bin, database_url, name, env),
-            Fleet::Http { base, token, .. } => {
-                let mut all = vec![("RUNLANE_BROKER", base.as_str()), ("RUNLANE_TOKEN", token.as_str())];
+            Fleet::Postgres { database_url } => database_url,
+            Fleet::Http { base, .. } => base,
+        }
+    }
+
+    /// A worker connecting to `url`: a database URL, or the API's base URL with the worker token.
+    fn spawn(&self, bin: &Path, url: &str, name: &str, env: &[(&str, &str)]) -> WorkerProc {
+        match self {
+            Fleet::Postgres { .. } => WorkerProc::spawn(bin, url, name, env),
+            Fleet::Http { token, .. } => {
+                let mut all = vec![("RUNLANE_BROKER", url), ("RUNLANE_TOKEN", token.as_str())];
                 all.extend_from_slice(env);
                 WorkerProc::start(bin, &["worker"], None, name, &all)
             }

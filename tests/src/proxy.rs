@@ -1,6 +1,7 @@
-//! A TCP proxy the test controls, to put between a worker and PostgreSQL and then cut: while
-//! blackholed it forwards nothing in either direction and accepts new connections without
-//! answering, as a dead network link would.
+//! A TCP proxy the test controls, to put between a worker and its queue (PostgreSQL or the
+//! executor API: [`crate::process::Fleet::upstream`]) and then cut: while blackholed it forwards
+//! nothing in either direction and accepts new connections without answering, as a dead network
+//! link would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,23 +49,28 @@ impl Proxy {
 }
 
 /// Copies bytes while the link is up; while it is cut, holds them back (nothing is delivered).
+/// Bytes read just as the link was cut are held too and delivered when it comes back, as TCP
+/// would retransmit them: a cut delays a connection's bytes, it never drops some and delivers the
+/// rest.
 async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, cut: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while cut.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = match from.read(&mut buf).await {
+        while_cut(&cut).await;
+        let read = from.read(&mut buf).await;
+        while_cut(&cut).await;
+        let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        // Bytes read just as the link was cut are dropped, as a real cut would lose them.
-        if cut.load(Ordering::SeqCst) {
-            continue;
-        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+async fn while_cut(cut: &AtomicBool) {
+    while cut.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
