@@ -103,7 +103,7 @@ impl FromRequestParts<AppState> for Caller {
             _ => Role::Viewer,
         };
         let lanes = lanes.map(|ls| ls.iter().filter_map(|l| l.parse().ok()).collect());
-        crate::limit::take_for_token(state, token_id)?;
+        state.limiter.take_for_token(token_id)?;
         Ok(Caller { token_id, role, lanes })
     }
 }

@@ -80,7 +80,7 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .fallback(|| async { error::ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::rate_limit))
+        .layer(axum::middleware::from_fn_with_state(state.limiter.clone(), limit::rate_limit))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(cors)
         .layer(TraceLayer::new_for_http())

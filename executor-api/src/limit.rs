@@ -3,13 +3,12 @@
 //! authenticated. Over a limit: 429 with Retry-After.
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -53,6 +52,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The per-token limit, once the token is known.
+    pub fn take_for_token(&self, token_id: uuid::Uuid) -> Result<(), ApiError> {
+        self.by_token.take(key(&token_id)).map_err(too_many)
+    }
+
     pub fn new(s: &runlane_core::settings::ApiSettings) -> Self {
         Limits {
             by_address: RateLimiter::new(s.address_rate_per_s, s.address_rate_burst),
@@ -76,17 +80,12 @@ fn key(value: &impl std::hash::Hash) -> u64 {
 }
 
 /// The per-address limit, before authentication.
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn rate_limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
     let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    match state.limiter.by_address.take(key(&address)) {
+    match limits.by_address.take(key(&address)) {
         Ok(()) => next.run(request).await,
         Err(secs) => too_many(secs).into_response(),
     }
-}
-
-/// The per-token limit, once the token is known.
-pub fn take_for_token(state: &AppState, token_id: uuid::Uuid) -> Result<(), ApiError> {
-    state.limiter.by_token.take(key(&token_id)).map_err(too_many)
 }
 
 #[cfg(test)]
