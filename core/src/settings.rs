@@ -83,7 +83,7 @@ impl Default for WorkerSettings {
             work_dir: std::env::temp_dir().join("runlane-work"),
             listen: "127.0.0.1:9187".into(),
             event_flush_ms: 25,
-            event_batch_max: 1_000,
+            event_batch_max: 5_000,
             output_cap_bytes: 4 << 20,
             secret_env: Vec::new(),
             session: None,

@@ -116,7 +116,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             throughput::age(&bench, args.aged_finished, args.aged_future).await?;
             let session = bench.enqueue_noops(args.runs).await?;
             let aged = throughput::drain(&bench, session, args.runs, args.workers, args.slots, false).await?;
-            throughput::unage(&bench).await?;
             say(&format!("  {aged:.0} runs/s ({:.2} of the fresh figure)", aged / runs));
             put("runs_per_s_aged", aged.round());
             put("aged_ratio", aged / runs);
