@@ -50,7 +50,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> impl IntoResponse {
 async fn healthz(State(h): State<HealthState>) -> impl IntoResponse {
     let last = h.metrics.last_heartbeat_ok_ms.get();
     let age_ms = (last > 0).then(|| uptime_ms() - last);
-    // Before the first heartbeat the worker has just registered: the registration got through.
+    // Zero until the worker registered (it is starting up); the registration counts as a heartbeat.
     let live = age_ms.is_none_or(|age| age <= h.bound.as_millis() as i64);
     let status = if live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(

@@ -66,6 +66,8 @@ impl<B: Broker> Worker<B> {
         *shared.worker_id.write().unwrap_or_else(|p| p.into_inner()) = id;
         shared.metrics.slots_total.set(i64::from(s.slots));
         shared.metrics.queue_contact(true);
+        // The registration is the first heartbeat that got through: liveness counts from it.
+        shared.metrics.last_heartbeat_ok_ms.set(uptime_ms());
         let slots = Arc::new(Semaphore::new(s.slots as usize));
         tracing::info!(worker_id = %id, lanes = ?reg.lanes, slots = reg.slots, "worker registered");
         Ok(Worker {
@@ -266,6 +268,7 @@ async fn register_again<B: Broker>(shared: &Shared<B>, registration: &tokio::syn
         Ok(id) => {
             *shared.worker_id.write().unwrap_or_else(|p| p.into_inner()) = id;
             shared.metrics.queue_contact(true);
+            shared.metrics.last_heartbeat_ok_ms.set(uptime_ms());
             tracing::info!(worker_id = %id, previous = %gone, "registered again");
         }
         Err(e) => tracing::warn!(error = %e, "could not register again; will retry"),
@@ -311,7 +314,8 @@ async fn liveness_loop<B: Broker>(
                 tracing::warn!(error = %e, "worker heartbeat failed");
             }
         }
-        if let Ok(stats) = shared.broker.lane_stats().await {
+        // Bounded like the heartbeat: a call that hangs must not stop the next heartbeat.
+        if let Ok(Ok(stats)) = tokio::time::timeout(every, shared.broker.lane_stats()).await {
             for s in stats {
                 if let Ok(lane) = s.lane.parse::<Lane>() {
                     let i = lane as usize;
