@@ -10,6 +10,8 @@
 //! - [`lossy`]: a broker whose replies get lost (or whose calls are refused), in front of a real one.
 //! - [`process`]: real `runlane worker` processes for fleet and fault tests (used from cli/tests/).
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and its queue (PostgreSQL or the API).
+//! - [`recording`]: a broker in memory that records every call and answers as scripted (the
+//!   batcher, a run's writer and lease keeping under tokio's paused clock).
 //! - `tests/`: one file per area (queue contract, executors …).
 
 pub mod api;
@@ -17,6 +19,7 @@ pub mod docker;
 pub mod lossy;
 pub mod process;
 pub mod proxy;
+pub mod recording;
 
 use runlane_core::artifacts::ArtifactStore;
 use runlane_core::broker::PgBroker;
