@@ -12,6 +12,8 @@
 //! - [`notices`]: LISTEN/NOTIFY: the channels, their payloads, a listener that reconnects.
 //! - [`follow`]: following one run's events by cursor, woken by notices (`tail`, SSE).
 //! - [`ops`]: the batched writes about runs (`RunOps`) and their answers, on the seam and on the wire.
+//! - [`wire`]: the executor API's JSON (every body, query and answer), shared by its handlers, the
+//!   worker's HTTP broker and `/openapi.json`.
 //! - [`settings`]: the layered, validated settings of every process.
 //! - [`steps`]: the step DSL (shell, docker, http, noop) and `${{ params.x }}` substitution.
 //! - [`templates`]: template files (YAML) parsed and checked before they are applied.
@@ -29,5 +31,6 @@ pub mod ops;
 pub mod settings;
 pub mod steps;
 pub mod templates;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -10,8 +10,10 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[derive(schemars::JsonSchema)]
         #[serde(transparent)]
         #[sqlx(transparent)]
+        #[schemars(inline)]
         pub struct $name(pub Uuid);
 
         impl fmt::Display for $name {
@@ -47,7 +49,7 @@ id_type!(
 );
 
 /// One of the four lanes. Stored as its letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Lane {
     A,
     B,
@@ -89,7 +91,7 @@ impl FromStr for Lane {
 }
 
 /// Where a run is in its life cycle. Stored as snake_case text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Due later (a `run_at` ahead, a retry's backoff): out of the claim's way until the sweeper
@@ -142,7 +144,7 @@ impl FromStr for RunStatus {
 }
 
 /// How a worker ends its attempt at a run (`complete_run`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -165,7 +167,7 @@ impl Outcome {
 }
 
 /// How a step ended (`finish_step`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Succeeded,
@@ -188,7 +190,7 @@ impl StepStatus {
 }
 
 /// A worker's state as recorded in `workers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Active,
@@ -207,14 +209,14 @@ impl WorkerState {
 }
 
 /// The claim token on a running run: every write about the run carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Lease {
     pub run_id: RunId,
     pub token: Uuid,
 }
 
 /// A run as handed to the worker that claimed it.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ClaimedRun {
     pub run_id: RunId,
     pub lease: Uuid,
@@ -223,8 +225,10 @@ pub struct ClaimedRun {
     pub attempt: i32,
     pub template: String,
     pub template_version: i32,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub params: serde_json::Value,
     pub secret_params: Vec<String>,
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     pub steps: serde_json::Value,
     pub timeout_ms: i32,
     pub session_id: Option<SessionId>,
@@ -237,13 +241,13 @@ impl ClaimedRun {
 }
 
 /// The answer to a run heartbeat whose lease still holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatReply {
     pub cancel_requested: bool,
 }
 
 /// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     Stdout,
@@ -251,8 +255,9 @@ pub enum Stream {
 }
 
 /// An event a lease holder appends (`append_events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewEvent {
+    #[schemars(regex(pattern = r"^[a-z]+(\.[a-z_]+)+$"))]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<i32>,
@@ -278,7 +283,7 @@ impl NewEvent {
 }
 
 /// A stored event, as readers see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct Event {
     pub run_id: RunId,
     pub seq: i64,
@@ -292,13 +297,17 @@ pub struct Event {
 }
 
 /// What a worker tells the queue about itself at start.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerRegistration {
     pub host: String,
     pub lanes: Vec<Lane>,
+    #[schemars(range(min = 1))]
     pub slots: u32,
     pub version: String,
+    #[serde(default)]
     pub capabilities: Vec<String>,
+    #[schemars(range(min = 100))]
     pub lease_ms: u32,
     /// How long the worker may take, after giving a lease up, to stop the run's processes: the
     /// sweeper waits this long past the lease's expiry before the run may start elsewhere.
@@ -307,10 +316,14 @@ pub struct WorkerRegistration {
 }
 
 /// What changed about a worker since it registered (`None`: unchanged).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkerUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lanes: Option<Vec<Lane>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub slots: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
 }
 
@@ -408,14 +421,16 @@ pub struct PruneReport {
 }
 
 /// A run as operators see it (`runlane show`, the API).
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct RunRecord {
     pub id: RunId,
     pub template: String,
     pub template_version: i32,
     pub lane: String,
     pub priority: i32,
+    #[schemars(with = "RunStatus")]
     pub status: String,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub params: serde_json::Value,
     pub attempt: i32,
     pub failed_attempts: i32,
@@ -434,7 +449,7 @@ pub struct RunRecord {
 }
 
 /// One lane's figures (`lane_stats`).
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct LaneStats {
     pub lane: String,
     pub queued: i64,

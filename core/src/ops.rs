@@ -18,8 +18,9 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 pub const MAX_ITEM_BYTES: usize = MAX_BATCH_BYTES / 4;
 
 /// Ending a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepFinish {
+    #[schemars(range(min = 0))]
     pub step: i32,
     pub status: StepStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,7 +30,7 @@ pub struct StepFinish {
 }
 
 /// Ending the attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Completion {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,17 +41,19 @@ pub struct Completion {
 
 /// One run's writes for one round trip, applied in this order, all or nothing: its output events,
 /// finishing a step, starting a step, ending the attempt (never both of the last two).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunOps {
     pub lease: Lease,
     /// 1, 2, 3 … within the attempt: the same item sent again (after a lost reply) is answered as it
     /// was the first time and written once.
+    #[schemars(range(min = 1))]
     pub op: i32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<NewEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish: Option<StepFinish>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub start: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete: Option<Completion>,
@@ -67,7 +70,7 @@ impl RunOps {
 }
 
 /// What the queue answered for one item (`apply_ops` returns one per item, in order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct OpOutcome {
     /// 1-based position in the batch.
     pub item: i32,

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use runlane_core::wire::{ErrorDetail, ErrorReply};
 use serde_json::{Value, json};
 
 #[derive(Debug)]
@@ -50,7 +51,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body = ErrorReply {
+            error: ErrorDetail { code: self.code.to_string(), message: self.message, details: self.details },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())

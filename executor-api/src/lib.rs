@@ -5,13 +5,15 @@
 //! database credentials claim and run through it; artifacts download by signed URL.
 //!
 //! # Layout
-//! - [`routes`]: the route table (one place builds the router and the OpenAPI document) and one
-//!   module per route group.
+//! - [`routes`]: the route table (one place builds the router and the OpenAPI document; each
+//!   route names the types of its query, body and answer) and one module per route group.
 //! - [`auth`]: bearer tokens (stored hashed) with a role and optional lanes.
 //! - [`error`]: the one error shape and status mapping.
 //! - [`hub`]: one LISTEN connection fanned out to every SSE client.
 //! - [`signing`]: HMAC-signed, expiring artifact URLs.
-//! - [`limit`]: per-caller rate limit; [`openapi`]: `/openapi.json`.
+//! - [`limit`]: per-caller rate limit.
+//! - [`openapi`]: the OpenAPI document, built from the route table with schemas derived from
+//!   core's `wire` types; the state keeps it for `/openapi.json`.
 
 pub mod auth;
 pub mod error;
@@ -55,6 +57,7 @@ pub async fn state(settings: &Settings, pool: PgPool, stop: CancellationToken) -
         limiter: Arc::new(limit::Limits::new(&settings.api)),
         settings: Arc::new(settings.api.clone()),
         db_contact,
+        openapi: Arc::new(openapi::document()),
     })
 }
 

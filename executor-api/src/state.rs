@@ -22,6 +22,8 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// When the database last answered (liveness).
     pub db_contact: Arc<DbContact>,
+    /// `/openapi.json`, built once from the route table (openapi.rs).
+    pub openapi: Arc<serde_json::Value>,
 }
 
 /// When the database last answered this process: pinged every few seconds by [`DbContact::watch`].

@@ -11,14 +11,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use runlane_core::db;
 use runlane_core::model::{ArtifactId, RunId};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use runlane_core::wire::{ArtifactLink, ArtifactList, SignedUrlQuery};
 
 pub async fn list(
     State(st): State<AppState>,
     _reader: Reader,
     Path(run): Path<RunId>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ArtifactList>, ApiError> {
     db::get_run(&st.pool, run).await?;
     let expires = chrono::Utc::now().timestamp() + st.settings.url_ttl_s as i64;
     let ttl = std::time::Duration::from_secs(st.settings.url_ttl_s);
@@ -35,25 +34,26 @@ pub async fn list(
         let url = presigned.unwrap_or_else(|| {
             format!("/v1/artifacts/{}?expires={expires}&signature={}", a.id, st.signer.sign(a.id.0, expires))
         });
-        items.push(json!({
-            "id": a.id, "attempt": a.attempt, "step": a.step, "name": a.name, "content_type": a.content_type,
-            "size_bytes": a.size_bytes, "sha256": a.sha256, "created_at": a.created_at, "url": url, "expires_at": expires,
-        }));
+        items.push(ArtifactLink {
+            id: a.id,
+            attempt: a.attempt,
+            step: a.step,
+            name: a.name,
+            content_type: a.content_type,
+            size_bytes: a.size_bytes,
+            sha256: a.sha256,
+            created_at: a.created_at,
+            url,
+            expires_at: expires,
+        });
     }
-    Ok(Json(json!({"artifacts": items})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Signed {
-    expires: i64,
-    signature: String,
+    Ok(Json(ArtifactList { artifacts: items }))
 }
 
 pub async fn download(
     State(st): State<AppState>,
     Path(id): Path<ArtifactId>,
-    Query(q): Query<Signed>,
+    Query(q): Query<SignedUrlQuery>,
 ) -> Result<Response, ApiError> {
     let now = chrono::Utc::now().timestamp();
     if !st.signer.verify(id.0, q.expires, &q.signature, now) {

@@ -13,25 +13,17 @@ use runlane_core::db;
 use runlane_core::follow::Follow;
 use runlane_core::model::{Event, RunId};
 use runlane_core::notices::Notice;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use runlane_core::wire::{EventPage, EventPageQuery, EventStreamQuery};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    after: Option<i64>,
-    limit: Option<i64>,
-}
 
 pub async fn page(
     State(st): State<AppState>,
     _reader: Reader,
     Path(run): Path<RunId>,
-    Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<EventPageQuery>,
+) -> Result<Json<EventPage>, ApiError> {
     let limit = q.limit.unwrap_or(500);
     if !(1..=5000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 5000"));
@@ -40,20 +32,14 @@ pub async fn page(
     let after = q.after.unwrap_or(0).max(0);
     let events = db::read_events(&st.pool, run, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.seq);
-    Ok(Json(json!({"events": events, "next_after": next_after})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamQuery {
-    after: Option<i64>,
+    Ok(Json(EventPage { events, next_after }))
 }
 
 pub async fn stream(
     State(st): State<AppState>,
     _reader: Reader,
     Path(run): Path<RunId>,
-    Query(q): Query<StreamQuery>,
+    Query(q): Query<EventStreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     db::get_run(&st.pool, run).await?;

@@ -1,4 +1,4 @@
-//! Lanes, workers and templates; health, readiness, metrics.
+//! Lanes, workers and templates; health, readiness, metrics; this API's OpenAPI document.
 
 use crate::auth::{Caller, Operator, Reader};
 use crate::error::{ApiError, ApiJson};
@@ -8,19 +8,25 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use runlane_core::db;
-use serde_json::{Value, json};
+use runlane_core::wire::{LaneList, Live, Ready, TemplateApplied, TemplateList, TemplateSpec, WorkerList};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Serialize;
+use serde_json::Value;
+use std::borrow::Cow;
 use std::time::Duration;
 
-pub async fn lanes(State(st): State<AppState>, _caller: Caller) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"lanes": db::lane_stats(&st.pool).await?})))
+pub async fn lanes(State(st): State<AppState>, _caller: Caller) -> Result<Json<LaneList>, ApiError> {
+    Ok(Json(LaneList { lanes: db::lane_stats(&st.pool).await? }))
 }
 
-pub async fn workers(State(st): State<AppState>, _reader: Reader) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"workers": db::list_workers(&st.pool).await?})))
+pub async fn workers(State(st): State<AppState>, _reader: Reader) -> Result<Json<WorkerList>, ApiError> {
+    let workers = db::list_workers(&st.pool).await?.into_iter().map(Into::into).collect();
+    Ok(Json(WorkerList { workers }))
 }
 
-pub async fn templates(State(st): State<AppState>, _reader: Reader) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"templates": db::list_templates(&st.pool).await?})))
+pub async fn templates(State(st): State<AppState>, _reader: Reader) -> Result<Json<TemplateList>, ApiError> {
+    let templates = db::list_templates(&st.pool).await?.into_iter().map(Into::into).collect();
+    Ok(Json(TemplateList { templates }))
 }
 
 /// The body is a template spec as JSON (what a templates/*.yaml file holds, without `name`), checked
@@ -29,35 +35,31 @@ pub async fn apply_template(
     State(st): State<AppState>,
     _operator: Operator,
     Path(name): Path<String>,
-    ApiJson(spec): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(TemplateSpec(spec)): ApiJson<TemplateSpec>,
+) -> Result<Json<TemplateApplied>, ApiError> {
     let version = db::apply_template(&st.pool, &name, &spec).await?;
-    Ok(Json(json!({"name": name, "version": version})))
+    Ok(Json(TemplateApplied { name, version }))
 }
 
 /// Live while the database answered within `api.liveness_bound_ms` (checked every few seconds).
-pub async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+pub async fn healthz(State(st): State<AppState>) -> (StatusCode, Json<Live>) {
     let age = st.db_contact.age();
     let bound = Duration::from_millis(st.settings.liveness_bound_ms);
     let live = age <= bound;
     let status = if live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (
-        status,
-        Json(json!({"live": live, "database_age_ms": age.as_millis() as u64, "bound_ms": bound.as_millis() as u64})),
-    )
+    (status, Json(Live { live, database_age_ms: age.as_millis() as u64, bound_ms: bound.as_millis() as u64 }))
 }
 
 /// Ready when the database answers (within the ping interval) and its schema is this binary's.
-pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Ready>) {
     let limit = Duration::from_millis(st.settings.db_ping_interval_ms);
     let checked = tokio::time::timeout(limit, db::check_schema(&st.pool)).await;
+    let unready =
+        |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(Ready { ready: false, reason: Some(reason) }));
     match checked {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"ready": true}))),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": e.to_string()}))),
-        Err(_) => {
-            let reason = "the database did not answer in time";
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason})))
-        }
+        Ok(Ok(())) => (StatusCode::OK, Json(Ready { ready: true, reason: None })),
+        Ok(Err(e)) => unready(e.to_string()),
+        Err(_) => unready("the database did not answer in time".into()),
     }
 }
 
@@ -81,4 +83,24 @@ pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Ap
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// `/openapi.json`: this API's OpenAPI 3.0 document, built once from the route table (openapi.rs)
+/// and kept in the state.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct OpenApiDocument(pub Value);
+
+impl JsonSchema for OpenApiDocument {
+    fn schema_name() -> Cow<'static, str> {
+        "OpenApi".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"description": "An OpenAPI 3.0 document.", "type": "object"})
+    }
+}
+
+pub async fn openapi(State(st): State<AppState>) -> Json<OpenApiDocument> {
+    Json(OpenApiDocument(st.openapi.as_ref().clone()))
 }

@@ -6,28 +6,9 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use runlane_core::db::{self, RunFilter};
-use runlane_core::model::{EnqueueRequest, Lane, RunId, SessionId};
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRun {
-    template: String,
-    #[serde(default = "empty_object")]
-    params: Value,
-    lane: Option<String>,
-    priority: Option<i32>,
-    run_at: Option<DateTime<Utc>>,
-    idempotency_key: Option<String>,
-    session_id: Option<SessionId>,
-}
-
-fn empty_object() -> Value {
-    json!({})
-}
+use runlane_core::model::{EnqueueRequest, Lane, RunId};
+use runlane_core::wire::{CancelRequest, RunCreate, RunCreated, RunDetail, RunList, RunListQuery, StatusReply};
 
 /// Parses a lane, as the API's 422.
 pub fn parse_lane(s: &str) -> Result<Lane, ApiError> {
@@ -37,8 +18,8 @@ pub fn parse_lane(s: &str) -> Result<Lane, ApiError> {
 pub async fn create(
     State(st): State<AppState>,
     Operator(caller): Operator,
-    ApiJson(body): ApiJson<CreateRun>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ApiJson(body): ApiJson<RunCreate>,
+) -> Result<(StatusCode, Json<RunCreated>), ApiError> {
     let lane = body.lane.as_deref().map(parse_lane).transpose()?;
     if let Some(lane) = lane {
         caller.may_use_lane(lane)?;
@@ -54,19 +35,8 @@ pub async fn create(
         idempotency_key: body.idempotency_key,
         session_id: body.session_id,
     };
-    let run = db::enqueue_run(&st.pool, &req).await?;
-    Ok((StatusCode::CREATED, Json(json!({"run_id": run}))))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    status: Option<String>,
-    lane: Option<String>,
-    template: Option<String>,
-    since: Option<DateTime<Utc>>,
-    before: Option<RunId>,
-    limit: Option<i64>,
+    let run_id = db::enqueue_run(&st.pool, &req).await?;
+    Ok((StatusCode::CREATED, Json(RunCreated { run_id })))
 }
 
 const STATUSES: [&str; 6] = ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"];
@@ -74,8 +44,8 @@ const STATUSES: [&str; 6] = ["scheduled", "queued", "running", "succeeded", "fai
 pub async fn list(
     State(st): State<AppState>,
     _reader: Reader,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<RunListQuery>,
+) -> Result<Json<RunList>, ApiError> {
     if let Some(s) = &q.status
         && !STATUSES.contains(&s.as_str())
     {
@@ -94,26 +64,18 @@ pub async fn list(
         limit,
     };
     let runs = db::list_runs(&st.pool, &filter).await?;
-    let next = (runs.len() as i64 == limit).then(|| runs.last().map(|r| r.id)).flatten();
-    Ok(Json(json!({"runs": runs, "next_before": next})))
+    let next_before = (runs.len() as i64 == limit).then(|| runs.last().map(|r| r.id)).flatten();
+    Ok(Json(RunList { runs, next_before }))
 }
 
 pub async fn show(
     State(st): State<AppState>,
     _reader: Reader,
     Path(run): Path<RunId>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let record = db::get_run(&st.pool, run).await?;
     let steps = db::run_steps(&st.pool, run).await?;
-    let mut value = serde_json::to_value(record).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    value["steps"] = json!(steps);
-    Ok(Json(value))
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct CancelBody {
-    reason: Option<String>,
+    Ok(Json(RunDetail { run: record, steps: steps.into_iter().map(Into::into).collect() }))
 }
 
 /// The run's lane, checked against the caller's token.
@@ -130,10 +92,10 @@ pub async fn cancel(
     Operator(caller): Operator,
     Path(run): Path<RunId>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusReply>, ApiError> {
     // The body is optional: none, or {"reason": "…"}.
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
+    let body: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
@@ -141,17 +103,16 @@ pub async fn cancel(
         })?
     };
     check_run_lane(&st, &caller, run).await?;
-    let reason = body.reason;
-    let status = db::cancel_run(&st.pool, run, reason.as_deref()).await?;
-    Ok(Json(json!({"status": status})))
+    let status = db::cancel_run(&st.pool, run, body.reason.as_deref()).await?;
+    Ok(Json(StatusReply { status }))
 }
 
 pub async fn retry(
     State(st): State<AppState>,
     Operator(caller): Operator,
     Path(run): Path<RunId>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusReply>, ApiError> {
     check_run_lane(&st, &caller, run).await?;
     db::retry_run(&st.pool, run).await?;
-    Ok(Json(json!({"status": "queued"})))
+    Ok(Json(StatusReply { status: "queued".into() }))
 }

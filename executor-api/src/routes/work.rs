@@ -18,139 +18,71 @@ use runlane_core::broker::MAX_CLAIM;
 use runlane_core::db;
 use runlane_core::model::*;
 use runlane_core::notices::Notice;
-use runlane_core::ops::{MAX_BATCH_ITEMS, RunOps};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use runlane_core::ops::MAX_BATCH_ITEMS;
+use runlane_core::wire::*;
 use std::convert::Infallible;
 use std::time::Duration;
 use uuid::Uuid;
 
-fn lanes_of(caller: &Caller, names: &[String]) -> Result<Vec<Lane>, ApiError> {
-    let lanes = names.iter().map(|l| parse_lane(l)).collect::<Result<Vec<_>, _>>()?;
-    for lane in &lanes {
-        caller.may_use_lane(*lane)?;
-    }
-    Ok(lanes)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Register {
-    host: String,
-    lanes: Vec<String>,
-    slots: u32,
-    version: String,
-    #[serde(default)]
-    capabilities: Vec<String>,
-    lease_ms: u32,
-    #[serde(default)]
-    kill_grace_ms: u32,
+/// The caller's token may use every one of these lanes.
+fn check_lanes(caller: &Caller, lanes: &[Lane]) -> Result<(), ApiError> {
+    lanes.iter().try_for_each(|lane| caller.may_use_lane(*lane))
 }
 
 pub async fn register(
     State(st): State<AppState>,
     Worker(caller): Worker,
-    ApiJson(b): ApiJson<Register>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let reg = WorkerRegistration {
-        host: b.host,
-        lanes: lanes_of(&caller, &b.lanes)?,
-        slots: b.slots,
-        version: b.version,
-        capabilities: b.capabilities,
-        lease_ms: b.lease_ms,
-        kill_grace_ms: b.kill_grace_ms,
-    };
-    let id = db::register_worker(&st.pool, &reg).await?;
-    Ok((StatusCode::CREATED, Json(json!({"worker_id": id}))))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerBeat {
-    state: WorkerState,
-    lanes: Option<Vec<String>>,
-    slots: Option<u32>,
-    capabilities: Option<Vec<String>>,
+    ApiJson(reg): ApiJson<WorkerRegistration>,
+) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
+    check_lanes(&caller, &reg.lanes)?;
+    let worker_id = db::register_worker(&st.pool, &reg).await?;
+    Ok((StatusCode::CREATED, Json(WorkerRegistered { worker_id })))
 }
 
 pub async fn worker_heartbeat(
     State(st): State<AppState>,
     Worker(caller): Worker,
     Path(worker): Path<WorkerId>,
-    ApiJson(b): ApiJson<WorkerBeat>,
+    ApiJson(b): ApiJson<WorkerHeartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    let lanes = b.lanes.as_deref().map(|l| lanes_of(&caller, l)).transpose()?;
-    let update = WorkerUpdate { lanes, slots: b.slots, capabilities: b.capabilities };
-    db::worker_heartbeat(&st.pool, worker, b.state, &update).await?;
+    check_lanes(&caller, b.update.lanes.as_deref().unwrap_or_default())?;
+    db::worker_heartbeat(&st.pool, worker, b.state, &b.update).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Claim {
-    worker_id: WorkerId,
-    lanes: Vec<String>,
-    limit: u32,
-    session_id: Option<SessionId>,
 }
 
 pub async fn claim(
     State(st): State<AppState>,
     Worker(caller): Worker,
-    ApiJson(b): ApiJson<Claim>,
-) -> Result<Json<Value>, ApiError> {
-    let lanes = lanes_of(&caller, &b.lanes)?;
+    ApiJson(b): ApiJson<ClaimRequest>,
+) -> Result<Json<ClaimedRuns>, ApiError> {
+    check_lanes(&caller, &b.lanes)?;
     if b.limit > MAX_CLAIM {
         return Err(ApiError::invalid(format!("limit must be at most {MAX_CLAIM}")));
     }
-    let runs = db::claim_runs(&st.pool, b.worker_id, &lanes, b.limit, b.session_id).await?;
-    Ok(Json(json!({"runs": runs})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseBody {
-    lease: Uuid,
+    let runs = db::claim_runs(&st.pool, b.worker_id, &b.lanes, b.limit, b.session_id).await?;
+    Ok(Json(ClaimedRuns { runs }))
 }
 
 pub async fn run_heartbeat(
     State(st): State<AppState>,
     _worker: Worker,
     Path(run): Path<RunId>,
-    ApiJson(b): ApiJson<LeaseBody>,
-) -> Result<Json<Value>, ApiError> {
-    let reply = db::heartbeat_run(&st.pool, Lease { run_id: run, token: b.lease }).await?;
-    Ok(Json(json!({"cancel_requested": reply.cancel_requested})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpsBatch {
-    items: Vec<RunOps>,
+    ApiJson(b): ApiJson<RunHeartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    Ok(Json(db::heartbeat_run(&st.pool, Lease { run_id: run, token: b.lease }).await?))
 }
 
 /// Many runs' items in one call and one commit; each answered on its own, in order.
 pub async fn apply_ops(
     State(st): State<AppState>,
     _worker: Worker,
-    ApiJson(b): ApiJson<OpsBatch>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(b): ApiJson<OpsBatch<'static>>,
+) -> Result<Json<OpsAnswers>, ApiError> {
     if b.items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::invalid(format!("a batch holds at most {MAX_BATCH_ITEMS} items")));
     }
     let outcomes = db::apply_ops(&st.pool, &b.items).await?;
-    Ok(Json(json!({"outcomes": outcomes})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadQuery {
-    lease: Uuid,
-    /// The worker's id for the artifact, so a retried upload is recorded once.
-    id: Option<ArtifactId>,
-    step: Option<i32>,
-    content_type: Option<String>,
+    Ok(Json(OpsAnswers { outcomes }))
 }
 
 /// The body is the artifact's bytes; the API stores them inline or in its object store by size,
@@ -159,9 +91,9 @@ pub async fn upload_artifact(
     State(st): State<AppState>,
     _worker: Worker,
     Path((run, name)): Path<(RunId, String)>,
-    Query(q): Query<UploadQuery>,
+    Query(q): Query<ArtifactUploadQuery>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ArtifactCreated>), ApiError> {
     let lease = Lease { run_id: run, token: q.lease };
     let content_type = q.content_type.unwrap_or_else(|| "application/octet-stream".into());
     let upload = ArtifactBytes {
@@ -171,7 +103,7 @@ pub async fn upload_artifact(
         content_type: &content_type,
         bytes: body.to_vec(),
     };
-    let id = st.artifacts.save(&st.pool, lease, &upload).await.map_err(|e| match e {
+    let artifact_id = st.artifacts.save(&st.pool, lease, &upload).await.map_err(|e| match e {
         ArtifactError::Queue { source, .. } => ApiError::from(source),
         ArtifactError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
         other => {
@@ -179,43 +111,31 @@ pub async fn upload_artifact(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
         }
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"artifact_id": id}))))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunIds {
-    run_ids: Vec<RunId>,
+    Ok((StatusCode::CREATED, Json(ArtifactCreated { artifact_id })))
 }
 
 pub async fn running_attempts(
     State(st): State<AppState>,
     _worker: Worker,
     ApiJson(b): ApiJson<RunIds>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunningAttempts>, ApiError> {
     let live = db::running_attempts(&st.pool, &b.run_ids).await?;
-    let list: Vec<Value> = live.into_iter().map(|(run, attempt)| json!({"run_id": run, "attempt": attempt})).collect();
-    Ok(Json(json!({"running": list})))
+    let running = live.into_iter().map(|(run_id, attempt)| RunningAttempt { run_id, attempt }).collect();
+    Ok(Json(RunningAttempts { running }))
 }
 
-pub async fn fleet(State(st): State<AppState>, _worker: Worker) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"fleet_id": db::fleet_id(&st.pool).await?})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoticeQuery {
-    lanes: String,
+pub async fn fleet(State(st): State<AppState>, _worker: Worker) -> Result<Json<Fleet>, ApiError> {
+    Ok(Json(Fleet { fleet_id: db::fleet_id(&st.pool).await? }))
 }
 
 /// SSE: `lane` events (data: the lane) when a run becomes runnable, `cancel` events (data: the run).
 pub async fn notices(
     State(st): State<AppState>,
     Worker(caller): Worker,
-    Query(q): Query<NoticeQuery>,
+    Query(q): Query<NoticesQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let names: Vec<String> = q.lanes.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    let lanes = lanes_of(&caller, &names)?;
+    let lanes = q.lanes.split(',').filter(|s| !s.trim().is_empty()).map(parse_lane).collect::<Result<Vec<_>, _>>()?;
+    check_lanes(&caller, &lanes)?;
     let rx = st.hub.subscribe();
     let stream = futures_util::stream::unfold((rx, lanes), |(mut rx, lanes)| async move {
         loop {

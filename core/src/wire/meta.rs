@@ -1,0 +1,123 @@
+//! Workers, lanes and templates as operators list them, a template applied; health and readiness.
+
+use crate::db::{TemplateRecord, WorkerRecord};
+use crate::model::{LaneStats, WorkerId, WorkerState};
+use chrono::{DateTime, Utc};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// `GET /v1/workers`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerSummary>,
+}
+
+/// A worker as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerSummary {
+    pub id: WorkerId,
+    pub host: String,
+    pub version: String,
+    pub lanes: Vec<String>,
+    pub slots: i32,
+    pub capabilities: Vec<String>,
+    #[schemars(with = "WorkerState")]
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+impl From<WorkerRecord> for WorkerSummary {
+    fn from(w: WorkerRecord) -> Self {
+        let WorkerRecord { id, host, version, lanes, slots, capabilities, state, started_at, last_seen_at } = w;
+        WorkerSummary { id, host, version, lanes, slots, capabilities, state, started_at, last_seen_at }
+    }
+}
+
+/// `GET /v1/lanes`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LaneList {
+    pub lanes: Vec<LaneStats>,
+}
+
+/// `GET /v1/templates`: the newest version of every template.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateSummary>,
+}
+
+/// A template's newest version.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateSummary {
+    pub name: String,
+    pub version: i32,
+    pub description: String,
+    pub default_lane: String,
+    pub params_schema: Value,
+    pub steps: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<TemplateRecord> for TemplateSummary {
+    fn from(t: TemplateRecord) -> Self {
+        let TemplateRecord { name, version, description, default_lane, params_schema, steps, created_at } = t;
+        TemplateSummary { name, version, description, default_lane, params_schema, steps, created_at }
+    }
+}
+
+/// `PUT /v1/templates/{name}`: a template as JSON (what a templates/*.yaml file holds, without
+/// `name`), checked by `apply_template` in SQL like every other way in: kept as it came.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TemplateSpec(pub Value);
+
+impl JsonSchema for TemplateSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "TemplateSpec".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A template as JSON: what a templates/*.yaml file holds, without `name`.",
+            "type": "object",
+            "required": ["steps"],
+            "properties": {"steps": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+        })
+    }
+}
+
+/// The version an applied template got.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateApplied {
+    pub name: String,
+    pub version: i32,
+}
+
+/// `/healthz`: live while the database answered within the bound (200, else 503).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Live {
+    pub live: bool,
+    pub database_age_ms: u64,
+    pub bound_ms: u64,
+}
+
+/// `/readyz`: the database answers and its schema is this binary's (200, else 503 with a reason).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Ready {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_a_reason_only_when_not_ready() {
+        let ready = Ready { ready: true, reason: None };
+        assert_eq!(serde_json::to_value(&ready).expect("json"), serde_json::json!({"ready": true}));
+    }
+}
