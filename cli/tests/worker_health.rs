@@ -78,3 +78,36 @@ async fn a_second_worker_on_a_taken_health_port_stops_before_it_registers() {
     let rows = t.count("SELECT count(*) FROM runlane.workers").await;
     assert_eq!(rows, 1, "the second worker left no row behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_is_live_but_not_ready() {
+    let t = TestDb::new().await;
+    let gate = tempfile_path("gate");
+    let command = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    t.apply("gated", serde_json::json!({"steps": [{"name": "wait", "kind": "shell", "command": command}]})).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    // A grace long enough that the drain ends only when the step does.
+    let env = [("RUNLANE__WORKER__LISTEN", listen.as_str()), ("RUNLANE__WORKER__SHUTDOWN_GRACE_MS", "600000")];
+    let mut worker = WorkerProc::spawn(Path::new(BIN), &t.url, "draining", &env);
+    let (healthz, readyz) = (format!("http://{listen}/healthz"), format!("http://{listen}/readyz"));
+    wait_for("up", &readyz, 200).await;
+    let run = t.enqueue("gated", runlane_core::model::Lane::A).await;
+    wait_until("the gated step to run", PATIENCE, || async { (t.status(run).await == "running").then_some(()) }).await;
+
+    // SIGTERM: the worker stops claiming and waits for its run; meanwhile it is not ready, still live.
+    worker.signal("TERM");
+    wait_for("draining", &readyz, 503).await;
+    assert_eq!(status(&healthz).await, Some(200), "a draining worker is still live");
+    let body: serde_json::Value = reqwest::get(&readyz).await.expect("readyz").json().await.expect("json");
+    assert_eq!(body["ready"], false, "{body}");
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    assert!(worker.wait_exit(PATIENCE).success(), "{}", worker.log());
+    assert_eq!(t.status(run).await, "succeeded", "the run finished during the drain");
+    let _ = std::fs::remove_file(&gate);
+}
+
+/// A path in the temporary directory that nothing else uses.
+fn tempfile_path(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("runlane-health-{what}-{}", uuid::Uuid::new_v4().simple()))
+}

@@ -3,6 +3,7 @@
 
 use runlane_core::db::{self, NewArtifact};
 use runlane_core::model::*;
+use runlane_core::ops::RunOps;
 use runlane_core::steps::parse_steps;
 use runlane_core::{Error, Result};
 use runlane_tests::TestDb;
@@ -106,6 +107,14 @@ async fn artifact_names_are_relative_file_paths_and_reserved_event_kinds_are_ref
     for kind in ["run.finished", "step.started", "step.finished", "artifact.created", "run.cancel_requested"] {
         let event = NewEvent { kind: kind.into(), step: None, stream: None, body: None, data: Some(json!({})) };
         expect_invalid(kind, db::append_events(&t.pool, lease, Some(1), &[event]).await, "reserved");
+    }
+    // The same through apply_ops, the path workers take: the item is refused, nothing of it written.
+    for (op, kind) in (1..).zip(["run.finished", "step.finished", "run.cancel_requested"]) {
+        let event = NewEvent { kind: kind.into(), step: None, stream: None, body: None, data: Some(json!({})) };
+        let item = RunOps { lease, op, events: vec![event], finish: None, start: None, complete: None };
+        let outcome = db::apply_ops(&t.pool, &[item]).await.expect("apply_ops answers per item");
+        assert_eq!(outcome[0].code, "RL422", "{kind}: {outcome:?}");
+        assert!(outcome[0].message.as_deref().unwrap_or_default().contains("reserved"), "{kind}: {outcome:?}");
     }
     let custom = NewEvent { kind: "step.progress".into(), step: Some(0), stream: None, body: None, data: None };
     db::append_events(&t.pool, lease, Some(1), &[custom]).await.expect("other kinds are the step's own");

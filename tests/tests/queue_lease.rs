@@ -3,6 +3,7 @@
 use chrono::Utc;
 use runlane_core::db;
 use runlane_core::model::*;
+use runlane_core::ops::{Completion, RunOps, StepFinish};
 use runlane_core::{Error, Result};
 use runlane_tests::TestDb;
 use runlane_tests::process::PATIENCE;
@@ -213,6 +214,61 @@ async fn a_cancel_pending_when_the_run_goes_back_to_the_queue_ends_it_cancelled(
     let status = db::complete_run(&t.pool, lease, Outcome::Interrupted, None, None).await.expect("complete");
     assert_eq!(status, RunStatus::Cancelled);
     assert_cancelled_for_good(&t, run).await;
+}
+
+#[tokio::test]
+async fn a_cancel_pending_when_a_failed_attempt_would_back_off_ends_the_run_cancelled() {
+    let t = TestDb::new().await;
+    let steps = serde_json::json!([{"name": "s", "kind": "noop"}]);
+    t.apply("backing-off", serde_json::json!({"max_attempts": 5, "backoff_base_ms": 60_000, "steps": steps})).await;
+
+    // Through complete_run, the per-run call.
+    let run = t.enqueue("backing-off", Lane::A).await;
+    let (_, lease) = claimed_with_cancel_pending(&t, Lane::A).await;
+    let status = db::complete_run(&t.pool, lease, Outcome::Failed, None, Some("boom")).await.expect("complete");
+    assert_eq!(status, RunStatus::Cancelled, "not scheduled for a retry");
+    assert_cancelled_for_good(&t, run).await;
+
+    // Through apply_ops, the batched call workers make: the step fails and the attempt with it.
+    let run = t.enqueue("backing-off", Lane::B).await;
+    let (_, lease) = claimed_with_cancel_pending(&t, Lane::B).await;
+    let finish = StepFinish { step: 0, status: StepStatus::Failed, exit_code: Some(1), error: Some("boom".into()) };
+    let complete = Completion { outcome: Outcome::Failed, result: None, error: Some("boom".into()) };
+    let item = RunOps { lease, op: 1, events: vec![], finish: Some(finish), start: None, complete: Some(complete) };
+    let outcome = db::apply_ops(&t.pool, &[item]).await.expect("apply_ops");
+    assert_eq!((outcome[0].code.as_str(), outcome[0].status.as_deref()), ("ok", Some("cancelled")), "{outcome:?}");
+    assert_cancelled_for_good(&t, run).await;
+    let scheduled = t.count("SELECT count(*) FROM runlane.runs WHERE status = 'scheduled'").await;
+    assert_eq!(scheduled, 0);
+}
+
+#[tokio::test]
+async fn the_sweeper_waits_out_the_holders_kill_grace_past_the_lease() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let run = t.enqueue("noop", Lane::D).await;
+    let reg = WorkerRegistration {
+        host: "test".into(),
+        lanes: vec![Lane::D],
+        slots: 1,
+        version: "test".into(),
+        capabilities: vec![],
+        lease_ms: 1_000,
+        kill_grace_ms: 20_000,
+    };
+    let worker = db::register_worker(&t.pool, &reg).await.expect("register");
+    let claimed = db::claim_runs(&t.pool, worker, &[Lane::D], 1, None).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+
+    // The lease expired 9 s ago, but the holder may still be stopping the step's processes.
+    let report = sweep_ahead(&t, chrono::Duration::seconds(10)).await;
+    assert_eq!(report.requeued, 0, "{report:?}");
+    assert_eq!(t.status(run).await, "running");
+
+    // Past the lease and the grace, the run goes back to the queue.
+    let report = sweep_ahead(&t, chrono::Duration::seconds(30)).await;
+    assert_eq!(report.requeued, 1, "{report:?}");
+    assert_eq!(t.status(run).await, "queued");
 }
 
 #[tokio::test]
