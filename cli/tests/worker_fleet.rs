@@ -33,11 +33,17 @@ async fn two_http_workers_run_a_shell_runbook_and_tail_follows_it_live() {
 
 async fn tail_follows_a_shell_runbook(http: bool) {
     let t = TestDb::new().await;
+    // The step holds after out-2 until the test has seen it through tail (a gate file), so "live"
+    // is a state the test drives, not a race against a sleep.
+    let gate = std::env::temp_dir().join(format!("runlane-tail-gate-{}", uuid::Uuid::new_v4().simple()));
+    let command = format!(
+        "echo out-1; sleep 0.2; echo err-1 >&2; sleep 0.2; echo out-2; while [ ! -e {} ]; do sleep 0.05; done; echo out-3",
+        gate.display()
+    );
     t.apply(
         "chatty",
         json!({"steps": [
-            {"name": "one", "kind": "shell",
-             "command": "echo out-1; sleep 0.2; echo err-1 >&2; sleep 0.2; echo out-2; sleep 1.5; echo out-3"},
+            {"name": "one", "kind": "shell", "command": command},
             {"name": "two", "kind": "shell", "command": "echo err-2 >&2; exit 0"}
         ]}),
     )
@@ -55,8 +61,9 @@ async fn tail_follows_a_shell_runbook(http: bool) {
     while let Ok(Some(line)) = tokio::time::timeout_at(deadline.into(), lines.next_line()).await.expect("tail in time")
     {
         if line.ends_with("stdout | out-2") {
-            // The tail shows out-2 while the step is still sleeping before out-3.
+            // The tail shows out-2 while the step still waits at its gate.
             seen_live = run_status(&t, run).await.status == "running";
+            std::fs::write(&gate, b"").expect("open the gate");
         }
         if let Some((_, labelled)) = line.split_once(' ')
             && labelled.contains(" | ")
@@ -65,6 +72,7 @@ async fn tail_follows_a_shell_runbook(http: bool) {
         }
     }
     let status = tail.wait().await.expect("tail exits");
+    let _ = std::fs::remove_file(&gate);
     assert!(status.success(), "tail exits 0 on success");
     assert!(seen_live, "lines appeared while the run was still running");
     assert_eq!(output, ["stdout | out-1", "stderr | err-1", "stdout | out-2", "stdout | out-3", "stderr | err-2"]);

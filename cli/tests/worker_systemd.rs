@@ -30,7 +30,7 @@ async fn the_worker_speaks_the_systemd_notify_protocol() {
     sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
     let socket_env = path.to_string_lossy().to_string();
     let mut w = WorkerProc::spawn(Path::new(BIN), &t.url, "notified", &[("NOTIFY_SOCKET", socket_env.as_str())]);
-    let got = receive_until(&sock, Duration::from_secs(20), |g| {
+    let got = receive_until(&sock, PATIENCE, |g| {
         g.iter().any(|m| m.contains("READY=1")) && g.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2
     });
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}\n{}", w.log());
@@ -39,7 +39,7 @@ async fn the_worker_speaks_the_systemd_notify_protocol() {
         "watchdog pings while heartbeats succeed: {got:?}"
     );
     w.signal("TERM");
-    let got = receive_until(&sock, Duration::from_secs(10), |g| g.iter().any(|m| m.contains("STOPPING=1")));
+    let got = receive_until(&sock, PATIENCE, |g| g.iter().any(|m| m.contains("STOPPING=1")));
     assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
     assert!(w.wait_exit(PATIENCE).success());
     let _ = std::fs::remove_file(&path);
