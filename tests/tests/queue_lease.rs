@@ -357,3 +357,36 @@ async fn lease_renewals_are_hot_updates() {
     // index entry (measured before: 0 of 100 were HOT).
     assert!(hot_after - hot_before >= 95, "{} of 100 renewals were HOT updates", hot_after - hot_before);
 }
+
+#[tokio::test]
+async fn the_sweeper_works_in_bounded_chunks_and_says_when_there_is_more() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let reqs: Vec<EnqueueRequest> = (0..2_500)
+        .map(|_| EnqueueRequest {
+            template: "noop".into(),
+            params: serde_json::json!({}),
+            lane: Some(Lane::B),
+            ..Default::default()
+        })
+        .collect();
+    db::enqueue_runs(&t.pool, &reqs).await.expect("enqueue");
+    let worker = t.register(&[Lane::B], 1_000).await;
+    for _ in 0..3 {
+        db::claim_runs(&t.pool, worker, &[Lane::B], 1_000, None).await.expect("claim");
+    }
+    assert_eq!(t.count("SELECT count(*) FROM runlane.runs WHERE status = 'running'").await, 2_500);
+
+    // Every lease expired: one pass takes at most 1000 (one transaction each), and says so.
+    let mut passes = Vec::new();
+    loop {
+        let report = sweep_ahead(&t, chrono::Duration::seconds(30)).await;
+        passes.push(report.requeued);
+        if !report.more {
+            break;
+        }
+        assert!(passes.len() < 10, "the sweeper never finished: {passes:?}");
+    }
+    assert_eq!(passes, [1_000, 1_000, 500]);
+    assert_eq!(t.count("SELECT count(*) FROM runlane.runs WHERE status = 'queued'").await, 2_500);
+}
