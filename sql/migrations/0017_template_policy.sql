@@ -473,3 +473,8 @@ END $$;
 REVOKE EXECUTE ON FUNCTION runlane.template_problems(text, jsonb), runlane.retry_delay(text, integer, integer, integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION runlane.template_problems(text, jsonb) TO runlane_viewer, runlane_operator;
+
+-- Every runlane command checks the database's schema version before it works (`runlane worker`,
+-- `runlane templates validate` …), so every role may read which migrations ran; without this only the
+-- owner could start one.
+GRANT SELECT ON runlane.schema_migrations TO runlane_viewer, runlane_operator, runlane_worker;
