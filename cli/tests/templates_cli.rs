@@ -2,9 +2,9 @@
 //! migrate, apply the templates, start a worker, enqueue.
 
 use runlane_core::db;
-use runlane_core::model::RunId;
+use runlane_core::model::{EnqueueRequest, Lane, RunId};
 use runlane_tests::TestDb;
-use runlane_tests::process::{WorkerProc, spawn_tail};
+use runlane_tests::process::{PATIENCE, WorkerProc, spawn_tail, wait_until};
 use runlane_tests::templates::bad_policies;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -186,4 +186,47 @@ async fn the_readme_path_migrate_apply_the_templates_start_a_worker_enqueue() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello, operators"));
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     assert_eq!(db::get_run(&pool, run).await.expect("run").status, "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_requires_a_capability_waits_for_a_worker_that_declares_it() {
+    let t = TestDb::new().await;
+    let step = json!([{"name": "s", "kind": "noop"}]);
+    t.apply("trained", json!({"requires": ["gpu"], "lane": "B", "steps": step})).await;
+    t.apply("plain", json!({"lane": "B", "steps": step})).await;
+    let enqueue = |template: &str, priority: i32| {
+        let req = EnqueueRequest {
+            template: template.into(),
+            params: json!({}),
+            lane: Some(Lane::B),
+            priority: Some(priority),
+            ..Default::default()
+        };
+        let pool = t.pool.clone();
+        async move { db::enqueue_run(&pool, &req).await.expect("enqueue") }
+    };
+    // The gpu run comes first in the lane's order; a worker without the capability passes over it.
+    let trained = enqueue("trained", 50).await;
+    let plain = enqueue("plain", 0).await;
+    let _cpu = WorkerProc::spawn(Path::new(BIN), &t.url, "cpu", &[("RUNLANE__WORKER__LANES", "B")]);
+    wait_until("the plain run to succeed", PATIENCE, || async {
+        (t.status(plain).await == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(t.status(trained).await, "queued", "the worker without gpu left it");
+
+    let args = ["worker", "--capabilities", "gpu,fra1"];
+    let _gpu = WorkerProc::start(Path::new(BIN), &args, Some(&t.url), "gpu", &[("RUNLANE__WORKER__LANES", "B")]);
+    wait_until("the gpu run to succeed", PATIENCE, || async {
+        (t.status(trained).await == "succeeded").then_some(())
+    })
+    .await;
+    let host: String = sqlx::query_scalar(
+        "SELECT w.host FROM runlane.runs r JOIN runlane.workers w ON w.id = r.worker_id WHERE r.id = $1",
+    )
+    .bind(trained)
+    .fetch_one(&t.pool)
+    .await
+    .expect("who ran it");
+    assert_eq!(host, "gpu");
 }
