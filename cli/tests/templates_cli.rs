@@ -230,3 +230,17 @@ async fn a_run_that_requires_a_capability_waits_for_a_worker_that_declares_it() 
     .expect("who ran it");
     assert_eq!(host, "gpu");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_example_validates() {
+    let t = TestDb::new().await;
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TEMPLATES.md")).expect("guide");
+    let example = guide.split("```yaml\n").nth(1).and_then(|s| s.split("```").next()).expect("a yaml example");
+    let dir = scratch_dir("guide");
+    let file = dir.join("rotate-keys.yaml");
+    std::fs::write(&file, example).expect("write");
+    let (ok, stdout, stderr) = runlane(&t.url, &["templates", "validate", file.to_str().expect("path")]);
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rotate-keys is valid"), "{stdout}");
+}
