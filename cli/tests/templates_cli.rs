@@ -16,7 +16,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_runlane");
 /// `runlane ARGS…` against `url`: (succeeded, stdout, stderr).
 fn runlane(url: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).env("DATABASE_URL", url).output().expect("runlane");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn shipped_templates() -> PathBuf {
@@ -52,9 +56,9 @@ fn at(path: &Path, lines: &[String], field: &str) -> String {
 async fn apply_a_directory_then_list_and_show_what_it_stored() {
     let t = TestDb::new().await;
     let dir = shipped_templates();
-    let files = std::fs::read_dir(&dir).expect("templates/").filter(|e| {
-        e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
-    });
+    let files = std::fs::read_dir(&dir)
+        .expect("templates/")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml")));
     let shipped = files.count();
 
     let (ok, stdout, stderr) = runlane(&t.url, &["templates", "apply", dir.to_str().expect("path")]);
@@ -117,7 +121,8 @@ async fn every_bad_policy_value_is_refused_naming_its_field_line_and_rule() {
     let (bad, lines) = write_template(&mixed, "flaky", &json!({"backoff_multiplier": 0.5}));
     let (ok, _, stderr) = runlane(&t.url, &["templates", "apply", mixed.to_str().expect("path")]);
     assert!(!ok);
-    let expected = format!("{}: backoff_multiplier must be between 1 and 10, got 0.5", at(&bad, &lines, "backoff_multiplier"));
+    let expected =
+        format!("{}: backoff_multiplier must be between 1 and 10, got 0.5", at(&bad, &lines, "backoff_multiplier"));
     assert!(stderr.contains(&expected), "{stderr}");
     assert_eq!(t.count("SELECT count(*) FROM runlane.run_templates").await, 0, "not even the good file");
 
@@ -135,7 +140,8 @@ async fn every_bad_policy_value_is_refused_naming_its_field_line_and_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_writes_nothing_and_a_viewer_login_may_run_it() {
     let t = TestDb::new().await;
-    let role: String = sqlx::query_scalar("SELECT runlane.fleet_role('viewer')").fetch_one(&t.pool).await.expect("role");
+    let role: String =
+        sqlx::query_scalar("SELECT runlane.fleet_role('viewer')").fetch_one(&t.pool).await.expect("role");
     let login = format!("v_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {login} LOGIN IN ROLE {role}")))
         .execute(&t.pool)
@@ -209,18 +215,14 @@ async fn a_run_that_requires_a_capability_waits_for_a_worker_that_declares_it() 
     let trained = enqueue("trained", 50).await;
     let plain = enqueue("plain", 0).await;
     let _cpu = WorkerProc::spawn(Path::new(BIN), &t.url, "cpu", &[("RUNLANE__WORKER__LANES", "B")]);
-    wait_until("the plain run to succeed", PATIENCE, || async {
-        (t.status(plain).await == "succeeded").then_some(())
-    })
-    .await;
+    wait_until("the plain run to succeed", PATIENCE, || async { (t.status(plain).await == "succeeded").then_some(()) })
+        .await;
     assert_eq!(t.status(trained).await, "queued", "the worker without gpu left it");
 
     let args = ["worker", "--capabilities", "gpu,fra1"];
     let _gpu = WorkerProc::start(Path::new(BIN), &args, Some(&t.url), "gpu", &[("RUNLANE__WORKER__LANES", "B")]);
-    wait_until("the gpu run to succeed", PATIENCE, || async {
-        (t.status(trained).await == "succeeded").then_some(())
-    })
-    .await;
+    wait_until("the gpu run to succeed", PATIENCE, || async { (t.status(trained).await == "succeeded").then_some(()) })
+        .await;
     let host: String = sqlx::query_scalar(
         "SELECT w.host FROM runlane.runs r JOIN runlane.workers w ON w.id = r.worker_id WHERE r.id = $1",
     )
@@ -234,7 +236,8 @@ async fn a_run_that_requires_a_capability_waits_for_a_worker_that_declares_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_example_validates() {
     let t = TestDb::new().await;
-    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TEMPLATES.md")).expect("guide");
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TEMPLATES.md")).expect("guide");
     let example = guide.split("```yaml\n").nth(1).and_then(|s| s.split("```").next()).expect("a yaml example");
     let dir = scratch_dir("guide");
     let file = dir.join("rotate-keys.yaml");

@@ -285,7 +285,9 @@ impl Settings {
         }
         for c in &w.capabilities {
             if c == "docker" {
-                problems.push("worker.capabilities: docker is not declared; it is added while the Docker engine answers".into());
+                problems.push(
+                    "worker.capabilities: docker is not declared; it is added while the Docker engine answers".into(),
+                );
             } else if !is_capability_name(c) {
                 problems.push(format!(
                     "worker.capabilities: '{c}' is not a capability name (lowercase letters, digits, '.', '_' and '-', \

@@ -146,7 +146,10 @@ mod tests {
         let text = "# hello\nname: x\nlane: b\n\"timeout_ms\": 5\nsteps:\n  - name: a\n    kind: noop\n";
         let t = parse_template(text, p).expect("reads");
         assert_eq!(t.spec["lane"], "B", "a lane may be written in lowercase");
-        assert_eq!((t.locate("timeout_ms"), t.locate("steps"), t.locate("")), ("t.yaml:4".into(), "t.yaml:5".into(), "t.yaml".into()));
+        assert_eq!(
+            (t.locate("timeout_ms"), t.locate("steps"), t.locate("")),
+            ("t.yaml:4".into(), "t.yaml:5".into(), "t.yaml".into())
+        );
         assert!(t.spec.get("name").is_none(), "the name is not part of the spec");
     }
 }

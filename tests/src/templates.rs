@@ -31,7 +31,11 @@ pub fn bad_policies() -> Vec<(Value, &'static str, &'static str)> {
             "backoff_multiplier",
             "backoff_multiplier must be between 1 and 10, got 0.5",
         ),
-        (json!({"backoff_multiplier": 11}), "backoff_multiplier", "backoff_multiplier must be between 1 and 10, got 11"),
+        (
+            json!({"backoff_multiplier": 11}),
+            "backoff_multiplier",
+            "backoff_multiplier must be between 1 and 10, got 11",
+        ),
         (json!({"backoff_multiplier": "2"}), "backoff_multiplier", "backoff_multiplier must be a number, got \"2\""),
         (json!({"backoff_max_ms": 1.5}), "backoff_max_ms", "backoff_max_ms must be a whole number >= 0, got 1.5"),
         (

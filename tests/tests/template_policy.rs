@@ -98,7 +98,10 @@ async fn good_values_are_stored_and_omitted_ones_take_their_defaults() {
         (p.lane.as_str(), p.priority, p.timeout_ms, p.max_attempts, p.max_crashes, p.retention_s),
         ("C", 0, 3600000, 1, 3, None)
     );
-    assert_eq!((p.backoff_base_ms, p.backoff_multiplier, p.backoff_max_ms, p.backoff_jitter), (1000, 2.0, 3600000, 0.25));
+    assert_eq!(
+        (p.backoff_base_ms, p.backoff_multiplier, p.backoff_max_ms, p.backoff_jitter),
+        (1000, 2.0, 3600000, 0.25)
+    );
     assert!(p.requires.is_empty());
 
     // A run of it gets the template's lane, priority, timeout and limits.
@@ -174,7 +177,10 @@ async fn each_retry_waits_the_first_delay_times_the_multiplier_up_to_the_cap() {
         .fetch_all(&t.pool)
         .await
         .expect("proconfig");
-    assert!(config.contains(&"jit=off".into()) && config.contains(&"plan_cache_mode=force_generic_plan".into()), "{config:?}");
+    assert!(
+        config.contains(&"jit=off".into()) && config.contains(&"plan_cache_mode=force_generic_plan".into()),
+        "{config:?}"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +221,10 @@ async fn a_run_is_claimed_only_by_a_worker_with_every_capability_it_requires() {
     };
     let gpu = db::register_worker(&t.pool, &reg).await.expect("register");
     let run = t.enqueue("trained", Lane::A).await;
-    assert!(db::claim_runs(&t.pool, plain, &[Lane::A], 1, None).await.expect("claim").is_empty(), "no gpu: not claimed");
+    assert!(
+        db::claim_runs(&t.pool, plain, &[Lane::A], 1, None).await.expect("claim").is_empty(),
+        "no gpu: not claimed"
+    );
     let claimed = db::claim_runs(&t.pool, gpu, &[Lane::A], 1, None).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].lease().run_id, run);

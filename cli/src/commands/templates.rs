@@ -165,7 +165,10 @@ fn print_list(list: &[TemplateVersion]) {
         println!("no template has been applied yet: runlane templates apply templates/");
         return;
     }
-    println!("{:<24} {:>4} {:<4} {:>4} {:>8} {:>8}  {:<12} DESCRIPTION", "NAME", "VER", "LANE", "PRIO", "TIMEOUT", "ATTEMPTS", "REQUIRES");
+    println!(
+        "{:<24} {:>4} {:<4} {:>4} {:>8} {:>8}  {:<12} DESCRIPTION",
+        "NAME", "VER", "LANE", "PRIO", "TIMEOUT", "ATTEMPTS", "REQUIRES"
+    );
     for t in list {
         let p = &t.policy;
         let requires = if p.requires.is_empty() { "-".to_string() } else { p.requires.join(",") };
@@ -213,10 +216,13 @@ fn policy_lines(p: &TemplatePolicy) -> Vec<(&'static str, String)> {
         ("backoff_jitter", p.backoff_jitter.to_string()),
         ("max_crashes", p.max_crashes.to_string()),
         ("requires", if p.requires.is_empty() { "-".into() } else { p.requires.join(", ") }),
-        ("retention_s", match p.retention_s {
-            Some(s) => format!("{s} ({})", duration(s * 1000)),
-            None => "- (the fleet's retention)".into(),
-        }),
+        (
+            "retention_s",
+            match p.retention_s {
+                Some(s) => format!("{s} ({})", duration(s * 1000)),
+                None => "- (the fleet's retention)".into(),
+            },
+        ),
     ]
 }
 
