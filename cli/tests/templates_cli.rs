@@ -96,6 +96,28 @@ async fn apply_a_directory_then_list_and_show_what_it_stored() {
 
     let (ok, _, stderr) = runlane(&t.url, &["templates", "show", "db-backup", "--version", "2"]);
     assert!(!ok && stderr.contains("template 'db-backup' has no version 2"), "{stderr}");
+
+    // Every policy field written in a file comes back as written.
+    let policy = json!({"lane": "A", "priority": -5, "timeout_ms": 90000, "max_attempts": 7, "backoff_base_ms": 250,
+                        "backoff_multiplier": 1.5, "backoff_max_ms": 8000, "backoff_jitter": 0.3, "max_crashes": 0,
+                        "requires": ["gpu", "fra1"], "retention_s": 3600});
+    let mut fields = policy.clone();
+    fields["description"] = json!("every field");
+    let scratch = scratch_dir("full-template");
+    let (file, _) = write_template(&scratch, "full", &fields);
+    let (ok, stdout, stderr) = runlane(&t.url, &["templates", "apply", file.to_str().expect("path")]);
+    assert!(ok && stdout == "full → v1\n", "{stdout}{stderr}");
+    let (ok, stdout, stderr) = runlane(&t.url, &["templates", "show", "full", "--json"]);
+    assert!(ok, "{stderr}");
+    let shown: Value = serde_json::from_str(&stdout).expect("show json");
+    let mut expected = policy;
+    expected["requires"] = json!(["fra1", "gpu"]);
+    assert_eq!(shown["policy"], expected);
+    assert_eq!(
+        (&shown["description"], &shown["version"], &shown["newest_version"]),
+        (&json!("every field"), &json!(1), &json!(1))
+    );
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
