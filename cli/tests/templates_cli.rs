@@ -199,6 +199,11 @@ async fn the_readme_path_migrate_apply_the_templates_start_a_worker_enqueue() {
 
     let (ok, _, stderr) = runlane(&url, &["migrate"]);
     assert!(ok, "{stderr}");
+    let (ok, _, stderr) = runlane(&url, &["enqueue", "hello", "--param", "who=x"]);
+    assert!(
+        !ok && stderr.contains("no template has been applied yet") && stderr.contains("runlane templates apply"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = runlane(&url, &["templates", "apply", shipped_templates().to_str().expect("path")]);
     assert!(ok, "{stderr}");
     let _worker = WorkerProc::spawn(Path::new(BIN), &url, "readme", &[("RUNLANE__WORKER__LANES", "A")]);
