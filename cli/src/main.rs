@@ -22,6 +22,8 @@ enum Command {
     Api(commands::api::Args),
     /// Create or revoke API tokens
     Token(commands::token::Args),
+    /// Apply, list, show and validate templates
+    Templates(commands::templates::Args),
     /// Enqueue a run of a template; prints its id
     Enqueue(commands::enqueue::Args),
     /// Follow a run's events live; exits 0 succeeded, 1 failed, 2 cancelled
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => commands::worker::run(args).await,
             Command::Api(args) => commands::api::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
+            Command::Templates(args) => commands::templates::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(args).await,
             Command::Tail(args) => commands::tail::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,

@@ -67,6 +67,10 @@ pub struct WorkerSettings {
     pub session: Option<SessionId>,
     /// Shown in `workers`; the machine's host name when unset.
     pub host: Option<String>,
+    /// What this worker offers beyond its executors (e.g. `gpu`, `fra1`): it claims only runs whose
+    /// template `requires` nothing it lacks. `docker` is not declared: it is added while the Docker
+    /// engine answers.
+    pub capabilities: Vec<String>,
 }
 
 impl Default for WorkerSettings {
@@ -88,6 +92,7 @@ impl Default for WorkerSettings {
             secret_env: Vec::new(),
             session: None,
             host: None,
+            capabilities: Vec::new(),
         }
     }
 }
@@ -216,8 +221,14 @@ impl Default for SweeperSettings {
 }
 
 /// Keys whose flag or env value is a comma-separated list.
-const LIST_KEYS: [&str; 5] =
-    ["worker.lanes", "worker.secret_env", "docker.allowed_mounts", "docker.allowed_networks", "api.cors_origins"];
+const LIST_KEYS: [&str; 6] = [
+    "worker.lanes",
+    "worker.secret_env",
+    "worker.capabilities",
+    "docker.allowed_mounts",
+    "docker.allowed_networks",
+    "api.cors_origins",
+];
 
 impl Settings {
     /// Layers the TOML file (if any), then `RUNLANE__SECTION__KEY` env vars, then `overrides`
@@ -240,7 +251,8 @@ impl Settings {
                 .with_list_parse_key(LIST_KEYS[1])
                 .with_list_parse_key(LIST_KEYS[2])
                 .with_list_parse_key(LIST_KEYS[3])
-                .with_list_parse_key(LIST_KEYS[4]),
+                .with_list_parse_key(LIST_KEYS[4])
+                .with_list_parse_key(LIST_KEYS[5]),
         );
         for (key, value) in overrides {
             builder = if LIST_KEYS.contains(key) {
@@ -271,6 +283,18 @@ impl Settings {
         if seen.len() != w.lanes.len() {
             problems.push("worker.lanes lists a lane twice".to_string());
         }
+        for c in &w.capabilities {
+            if c == "docker" {
+                problems.push(
+                    "worker.capabilities: docker is not declared; it is added while the Docker engine answers".into(),
+                );
+            } else if !is_capability_name(c) {
+                problems.push(format!(
+                    "worker.capabilities: '{c}' is not a capability name (lowercase letters, digits, '.', '_' and '-', \
+                     starting with a letter or digit, at most 63 characters)"
+                ));
+            }
+        }
         if w.slots == 0 {
             problems.push("worker.slots must be at least 1".to_string());
         }
@@ -300,6 +324,14 @@ impl Settings {
     }
 }
 
+/// A capability name as templates require it (the rule of `template_problems` in SQL).
+pub fn is_capability_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +348,16 @@ mod tests {
         assert_eq!(s.worker.slots, 7);
         let err = Settings::load(None, &[("worker.lease_ms", "1000".into())]).expect_err("too short");
         assert!(err.contains("3 × worker.heartbeat_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn capabilities_are_names_and_docker_is_never_declared() {
+        let s = Settings::load(None, &[("worker.capabilities", "gpu, fra1".into())]).expect("loads");
+        assert_eq!(s.worker.capabilities, ["gpu", "fra1"]);
+        let err = Settings::load(None, &[("worker.capabilities", "GPU".into())]).expect_err("not a name");
+        assert!(err.contains("'GPU' is not a capability name"), "{err}");
+        let err = Settings::load(None, &[("worker.capabilities", "docker".into())]).expect_err("docker");
+        assert!(err.contains("docker is not declared"), "{err}");
     }
 
     #[test]

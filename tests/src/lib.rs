@@ -12,6 +12,7 @@
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and its queue (PostgreSQL or the API).
 //! - [`recording`]: a broker in memory that records every call and answers as scripted (the
 //!   batcher, a run's writer and lease keeping under tokio's paused clock).
+//! - [`templates`]: a bad value of every template policy field, with the problem it must be named by.
 //! - `tests/`: one file per area (queue contract, executors …).
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod lossy;
 pub mod process;
 pub mod proxy;
 pub mod recording;
+pub mod templates;
 
 use runlane_core::artifacts::ArtifactStore;
 use runlane_core::broker::PgBroker;

@@ -329,12 +329,37 @@ async fn liveness_loop<B: Broker>(
     }
 }
 
-/// `docker` while this worker has a Docker engine that answers.
+/// The capabilities declared in `worker.capabilities`, and `docker` while this worker has a Docker
+/// engine that answers.
 pub async fn current_capabilities<B>(shared: &Shared<B>) -> Vec<String> {
     let up = match &shared.executors.docker {
         Some(d) => crate::containers::answers(d.docker()).await,
         None => false,
     };
     shared.metrics.docker_available.set(i64::from(up));
-    if up { vec!["docker".to_string()] } else { Vec::new() }
+    capabilities(&shared.settings.capabilities, up)
+}
+
+/// Sorted, so that a change is told from the same set in another order.
+fn capabilities(declared: &[String], docker_up: bool) -> Vec<String> {
+    let mut all: Vec<String> = declared.to_vec();
+    if docker_up {
+        all.push("docker".to_string());
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_capabilities_and_docker_while_it_answers() {
+        let declared = vec!["gpu".to_string(), "fra1".to_string()];
+        assert_eq!(capabilities(&declared, false), ["fra1", "gpu"]);
+        assert_eq!(capabilities(&declared, true), ["docker", "fra1", "gpu"]);
+        assert!(capabilities(&[], false).is_empty());
+    }
 }

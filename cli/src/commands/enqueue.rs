@@ -77,13 +77,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         idempotency_key: args.idempotency_key,
         session_id: args.session,
     };
-    let run = db::enqueue_run(&pool, &req).await?;
+    let run = db::enqueue_run(&pool, &req).await.map_err(with_apply_hint)?;
     if args.json {
         println!("{}", serde_json::json!({ "run_id": run }));
     } else {
         println!("{run}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An unknown template on a database where none was applied: say how to apply them.
+fn with_apply_hint(e: runlane_core::Error) -> anyhow::Error {
+    match e {
+        runlane_core::Error::NotFound(m) if m.contains("no template has been applied yet") => {
+            anyhow::anyhow!("{m}: apply the template files first, e.g. `runlane templates apply templates/`")
+        }
+        e => e.into(),
+    }
 }
 
 #[cfg(test)]

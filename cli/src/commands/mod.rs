@@ -9,5 +9,6 @@ pub mod enqueue_batch;
 pub mod migrate;
 pub mod sweep;
 pub mod tail;
+pub mod templates;
 pub mod token;
 pub mod worker;

@@ -22,6 +22,10 @@ pub struct Args {
     /// Runs executed at once
     #[arg(long)]
     slots: Option<u32>,
+    /// Capabilities this worker offers, for templates that require them (e.g. gpu,fra1); docker is
+    /// added while the Docker engine answers
+    #[arg(long)]
+    capabilities: Option<String>,
     /// Address of /healthz, /readyz and /metrics
     #[arg(long)]
     listen: Option<String>,
@@ -48,6 +52,9 @@ impl Args {
         }
         if let Some(v) = self.slots {
             o.push(("worker.slots", v.to_string()));
+        }
+        if let Some(v) = &self.capabilities {
+            o.push(("worker.capabilities", v.clone()));
         }
         if let Some(v) = &self.listen {
             o.push(("worker.listen", v.clone()));
