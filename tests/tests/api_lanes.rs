@@ -53,7 +53,10 @@ async fn operators_pause_resume_and_stop_through_the_api_recorded_under_their_to
     // Every token reads the lanes, pauses included.
     let (_, list) = c.get("/v1/lanes", &worker_token).await;
     let b = lane(&list, "B");
-    assert_eq!((&b["paused"], &b["paused_by"], &b["pause_reason"]), (&json!(true), &json!("token:test"), &json!("bad canary")));
+    assert_eq!(
+        (&b["paused"], &b["paused_by"], &b["pause_reason"]),
+        (&json!(true), &json!("token:test"), &json!("bad canary"))
+    );
     assert_eq!(b["paused_at"], paused["paused_at"]);
     assert_eq!((&lane(&list, "A")["paused"], &lane(&list, "A")["paused_at"]), (&json!(false), &Value::Null));
 
@@ -87,7 +90,9 @@ async fn operators_pause_resume_and_stop_through_the_api_recorded_under_their_to
         .as_array()
         .expect("events")
         .iter()
-        .map(|e| (e["action"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or("")))
+        .map(|e| {
+            (e["action"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))
+        })
         .collect();
     assert_eq!(
         seen,

@@ -75,11 +75,7 @@ async fn a_paused_lane_claims_nothing_while_other_lanes_flow_and_a_resume_wakes_
     assert_eq!((b.running, b.paused, b.paused_at, b.paused_by), (2, false, None, None));
 
     let again = db::pause_lane(&t.pool, Lane::A, "once more", None).await.expect("pause A again");
-    assert_eq!(
-        again,
-        LanePause { changed: false, ..paused.clone() },
-        "pausing a paused lane keeps its first pause"
-    );
+    assert_eq!(again, LanePause { changed: false, ..paused.clone() }, "pausing a paused lane keeps its first pause");
 
     // A resume wakes the lane's workers at once (the NOTIFY enqueue sends), and the runs are claimed.
     let mut listener = PgListener::connect(&t.url).await.expect("listener");
@@ -204,9 +200,16 @@ async fn an_emergency_stop_pauses_every_lane_and_asks_every_running_run_to_cance
     assert!(h.iter().all(|e| e.actor == me && e.db_user == me));
     assert_eq!(h[1].data["fleet_stop"], true);
     assert_eq!(h[4].id, stop.event_id);
-    assert_eq!(h[4].data, serde_json::json!({"paused": ["A", "B", "C"], "cancel_running": true, "cancel_requested": 3}));
-    let only_b: Vec<(String, Option<String>)> =
-        db::lane_events(&t.pool, Some(Lane::B), 10).await.expect("B's history").into_iter().map(|e| (e.action, e.lane)).collect();
+    assert_eq!(
+        h[4].data,
+        serde_json::json!({"paused": ["A", "B", "C"], "cancel_running": true, "cancel_requested": 3})
+    );
+    let only_b: Vec<(String, Option<String>)> = db::lane_events(&t.pool, Some(Lane::B), 10)
+        .await
+        .expect("B's history")
+        .into_iter()
+        .map(|e| (e.action, e.lane))
+        .collect();
     assert_eq!(
         only_b,
         [("stop".into(), None), ("stop".into(), None), ("pause".into(), Some("B".into()))],
@@ -226,7 +229,10 @@ async fn a_stop_without_cancel_lets_running_runs_finish() {
     let lease = running[0].lease();
     assert!(!db::heartbeat_run(&t.pool, lease).await.expect("heartbeat").cancel_requested);
     db::finish_step(&t.pool, lease, 0, StepStatus::Succeeded, Some(0), None).await.expect("finish");
-    assert_eq!(db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await.expect("done"), RunStatus::Succeeded);
+    assert_eq!(
+        db::complete_run(&t.pool, lease, Outcome::Succeeded, None, None).await.expect("done"),
+        RunStatus::Succeeded
+    );
     assert!(cancel_requests(&t, lease.run_id).await.is_empty());
 }
 
@@ -307,7 +313,9 @@ async fn who_paused_is_the_login_that_called_or_the_api_token_it_acted_for() {
     }
 
     // Bad input is refused, naming what is wrong, and nothing is recorded.
-    for (lane, reason, needle) in [("B", "", "a reason is required"), ("B", "   ", "a reason is required"), ("E", "x", "unknown lane 'E'")] {
+    for (lane, reason, needle) in
+        [("B", "", "a reason is required"), ("B", "   ", "a reason is required"), ("E", "x", "unknown lane 'E'")]
+    {
         let err = sqlx::query("SELECT runlane.pause_lane($1, $2)")
             .bind(lane)
             .bind(reason)
@@ -370,10 +378,9 @@ async fn operators_pause_resume_and_stop_viewers_read_workers_do_neither() {
 #[tokio::test]
 async fn the_claim_and_lane_stats_keep_their_planner_settings() {
     let t = TestDb::new().await;
-    for (function, wanted) in [
-        ("claim_runs", &["jit=off", "plan_cache_mode=force_generic_plan"][..]),
-        ("lane_stats", &["jit=off"][..]),
-    ] {
+    for (function, wanted) in
+        [("claim_runs", &["jit=off", "plan_cache_mode=force_generic_plan"][..]), ("lane_stats", &["jit=off"][..])]
+    {
         let config: Vec<String> = sqlx::query_scalar(
             "SELECT coalesce(proconfig, '{}') FROM pg_proc WHERE proname = $1 AND pronamespace = 'runlane'::regnamespace",
         )

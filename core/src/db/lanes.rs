@@ -20,12 +20,7 @@ pub async fn pause_lane(ex: impl PgExecutor<'_>, lane: Lane, reason: &str, token
 }
 
 /// Resumes a lane and wakes its workers.
-pub async fn resume_lane(
-    ex: impl PgExecutor<'_>,
-    lane: Lane,
-    reason: &str,
-    token: Option<Uuid>,
-) -> Result<LanePause> {
+pub async fn resume_lane(ex: impl PgExecutor<'_>, lane: Lane, reason: &str, token: Option<Uuid>) -> Result<LanePause> {
     Ok(sqlx::query_as("SELECT * FROM runlane.resume_lane($1, $2, $3)")
         .bind(lane.as_str())
         .bind(reason)
