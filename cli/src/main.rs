@@ -28,6 +28,8 @@ enum Command {
     Enqueue(commands::enqueue::Args),
     /// Follow a run's events live; exits 0 succeeded, 1 failed, 2 cancelled
     Tail(commands::tail::Args),
+    /// List lanes; pause or resume one; stop the fleet (pause all, optionally cancel what runs)
+    Lanes(commands::lanes::Args),
     /// One sweeper pass now
     Sweep(commands::sweep::Args),
     /// Measure throughput and latencies on a throwaway PostgreSQL
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
             Command::Templates(args) => commands::templates::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(args).await,
             Command::Tail(args) => commands::tail::run(args).await,
+            Command::Lanes(args) => commands::lanes::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,

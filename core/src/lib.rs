@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`artifacts`]: where artifacts go: inline in PostgreSQL, or the object store by size.
 //! - [`model`]: ids, lanes, statuses and the records that cross the queue seam.
+//! - [`lanes`]: pausing a lane, stopping the fleet, and the history of both.
 //! - [`error`]: the one error type of the queue layer; its variants decide what happens next.
 //! - [`db`]: every SQL call runlane makes, one small function per queue function, plus
 //!   connecting and the embedded migrations.
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod db;
 pub mod error;
 pub mod follow;
+pub mod lanes;
 pub mod local_pg;
 pub mod model;
 pub mod notices;

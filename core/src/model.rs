@@ -457,6 +457,11 @@ pub struct LaneStats {
     pub running: i64,
     pub max_running: Option<i32>,
     pub oldest_queued_s: f64,
+    /// A paused lane claims nothing; since when, by whom and why (None while it is not paused).
+    pub paused: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub paused_by: Option<String>,
+    pub pause_reason: Option<String>,
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ fn path_params(path: &str) -> Vec<Value> {
         .map(|name| {
             let schema = match name {
                 "name" => json!({"type": "string", "minLength": 1}),
+                "lane" => json!({"type": "string", "enum": ["A", "B", "C", "D"]}),
                 _ => json!({"type": "string", "format": "uuid"}),
             };
             json!({"name": name, "in": "path", "required": true, "schema": schema})

@@ -14,6 +14,7 @@ fn concrete(path: &str) -> String {
         .replace("{artifact_id}", "01a205d0-0000-7000-8000-000000000003")
         .replace("{step}", "0")
         .replace("{name}", "report.txt")
+        .replace("{lane}", "B")
 }
 
 #[tokio::test]
@@ -55,6 +56,9 @@ fn allowed(method: &str, path: &str) -> &'static [&'static str] {
         ("post", "/v1/runs")
         | ("post", "/v1/runs/{run_id}/cancel")
         | ("post", "/v1/runs/{run_id}/retry")
+        | ("post", "/v1/lanes/{lane}/pause")
+        | ("post", "/v1/lanes/{lane}/resume")
+        | ("post", "/v1/lanes/stop")
         | ("put", "/v1/templates/{name}") => &["operator"],
         ("get", _) if !matches!(path, "/v1/notices" | "/v1/fleet") => READ,
         _ => &["worker"],

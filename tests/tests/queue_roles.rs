@@ -103,3 +103,19 @@ async fn only_the_owner_moves_the_sweepers_clock_or_retention() {
     assert_eq!(t.status(live).await, "running", "nobody requeued the live run");
     assert_eq!(t.status(finished).await, "cancelled", "nobody pruned the history");
 }
+
+/// PostgreSQL lets PUBLIC execute every new function until a REVOKE takes it back (a per-schema
+/// default privilege cannot), so each migration must revoke its own functions.
+#[tokio::test]
+async fn no_function_is_left_executable_by_public() {
+    let t = TestDb::new().await;
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         WHERE p.pronamespace = 'runlane'::regnamespace AND has_function_privilege('public', p.oid, 'EXECUTE')
+         ORDER BY 1",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .expect("functions");
+    assert_eq!(open, ["runlane.fleet_role(text)"], "only fleet_role is meant for every login");
+}

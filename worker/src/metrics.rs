@@ -71,6 +71,8 @@ pub struct Metrics {
     pub running: [Gauge; 4],
     /// Milliseconds, so it stays an integer.
     pub oldest_queued_ms: [Gauge; 4],
+    /// 1 while the lane is paused.
+    pub lane_paused: [Gauge; 4],
     pub slots_total: Gauge,
     pub slots_in_use: Gauge,
     pub heartbeat_failures: Counter,
@@ -180,6 +182,9 @@ impl Metrics {
         });
         per_lane(&mut out, "runlane_oldest_queued_seconds", "Age of the oldest runnable run.", "gauge", &|l| {
             (self.oldest_queued_ms[l].get() as f64 / 1000.0).to_string()
+        });
+        per_lane(&mut out, "runlane_lane_paused", "1 while the lane is paused (it claims nothing).", "gauge", &|l| {
+            self.lane_paused[l].get().to_string()
         });
         let single = |out: &mut String, name: &str, help: &str, kind: &str, v: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

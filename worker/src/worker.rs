@@ -322,6 +322,7 @@ async fn liveness_loop<B: Broker>(
                     shared.metrics.queue_depth[i].set(s.queued);
                     shared.metrics.running[i].set(s.running);
                     shared.metrics.oldest_queued_ms[i].set((s.oldest_queued_s * 1000.0) as i64);
+                    shared.metrics.lane_paused[i].set(i64::from(s.paused));
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod common;
 pub mod demo;
 pub mod enqueue;
 pub mod enqueue_batch;
+pub mod lanes;
 pub mod migrate;
 pub mod sweep;
 pub mod tail;

@@ -1,13 +1,16 @@
 //! PostgreSQL: connecting, the embedded migrations, and one small function per SQL call.
 //!
 //! Every SQL statement of the queue lives in this module (`queries` for the queue functions,
-//! `reads` for what operators read, `templates` for checking, applying and showing templates); only `runlane bench` runs its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
-//! transaction.
+//! `reads` for what operators read, `templates` for checking, applying and showing templates, `lanes`
+//! for pausing lanes and stopping the fleet); only `runlane bench` runs its own, on its measuring
+//! tables. Functions take `impl PgExecutor` so the caller decides the transaction.
 
+mod lanes;
 mod queries;
 mod reads;
 mod templates;
 
+pub use lanes::*;
 pub use queries::*;
 pub use reads::*;
 pub use templates::*;

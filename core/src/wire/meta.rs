@@ -1,7 +1,9 @@
-//! Workers, lanes and templates as operators list them, a template applied; health and readiness.
+//! Workers, lanes and templates as operators list them, a template applied; lanes paused, resumed
+//! and the fleet stopped, and the history of those; health and readiness.
 
 use crate::db::{TemplateRecord, WorkerRecord};
-use crate::model::{LaneStats, WorkerId, WorkerState};
+use crate::lanes::LaneEvent;
+use crate::model::{Lane, LaneStats, WorkerId, WorkerState};
 use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -36,10 +38,47 @@ impl From<WorkerRecord> for WorkerSummary {
     }
 }
 
-/// `GET /v1/lanes`.
+/// `GET /v1/lanes`: each lane's figures, and whether it is paused (since when, by whom, why).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct LaneList {
     pub lanes: Vec<LaneStats>,
+}
+
+/// `POST /v1/lanes/{lane}/pause` and `POST /v1/lanes/{lane}/resume`: why. It is recorded with the
+/// token's name. The answer is the lane's pause state (`LanePause`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaneChange {
+    #[schemars(length(min = 1, max = 4096))]
+    pub reason: String,
+}
+
+/// `POST /v1/lanes/stop`: the emergency stop. Every lane is paused; with `cancel_running`, every
+/// running run is asked to cancel. Queued runs stay queued. The answer is a `FleetStop`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStopRequest {
+    #[schemars(length(min = 1, max = 4096))]
+    pub reason: String,
+    #[serde(default)]
+    pub cancel_running: bool,
+}
+
+/// `GET /v1/lanes/history`: newest first; with `lane`, that lane's entries and the fleet's stops.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaneHistoryQuery {
+    #[schemars(with = "Option<Lane>")]
+    pub lane: Option<String>,
+    /// 1–500, 50 if not given.
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<i64>,
+}
+
+/// Pauses, resumes and stops, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LaneHistory {
+    pub events: Vec<LaneEvent>,
 }
 
 /// `GET /v1/templates`: the newest version of every template.

@@ -6,14 +6,16 @@
 //!
 //! Records of [`model`](crate::model) and [`ops`](crate::ops) that already are the JSON of a route
 //! travel as they are: `WorkerRegistration`, `WorkerUpdate`, `ClaimedRun`, `HeartbeatReply`,
-//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`. The structs here wrap them
+//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`, and of [`lanes`](crate::lanes)
+//! `LanePause`, `FleetStop`, `LaneEvent`. The structs here wrap them
 //! (`{"runs": […]}`), or say what the routes take that the queue's calls do not (lane names as
 //! operators type them, a params default).
 //!
 //! # Layout
 //! - [`runs`]: what operators send and read about runs: runs, their events and artifacts.
 //! - [`work`]: what workers send and read: registration, claims, leases, batches, uploads.
-//! - [`meta`]: workers, lanes and templates as operators list them; health.
+//! - [`meta`]: workers, lanes and templates as operators list them; pausing lanes, stopping the
+//!   fleet; health.
 
 mod meta;
 mod runs;

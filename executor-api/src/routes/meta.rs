@@ -71,12 +71,14 @@ pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Ap
         ("runlane_queue_depth", "Runnable queued runs."),
         ("runlane_running", "Running runs."),
         ("runlane_oldest_queued_seconds", "Age of the oldest runnable run."),
+        ("runlane_lane_paused", "1 while the lane is paused (it claims nothing)."),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for s in &stats {
             let v = match name {
                 "runlane_queue_depth" => s.queued as f64,
                 "runlane_running" => s.running as f64,
+                "runlane_lane_paused" => f64::from(u8::from(s.paused)),
                 _ => s.oldest_queued_s,
             };
             let _ = writeln!(out, "{name}{{lane=\"{}\"}} {v}", s.lane);

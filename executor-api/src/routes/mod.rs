@@ -4,12 +4,14 @@
 
 pub mod artifacts;
 pub mod events;
+pub mod lanes;
 pub mod meta;
 pub mod runs;
 pub mod work;
 
 use crate::state::AppState;
 use axum::routing::{MethodRouter, get, post, put};
+use runlane_core::lanes::{FleetStop, LanePause};
 use runlane_core::model::{HeartbeatReply, WorkerRegistration};
 use runlane_core::wire::*;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -119,7 +121,15 @@ pub fn table() -> Vec<Route> {
             query params::<ArtifactUploadQuery>(), Binary => 201 json::<ArtifactCreated>(), work::upload_artifact),
         route!(post "/v1/running-attempts", Bearer, "Which of these runs are running, in which attempt (worker)", query NONE, json::<RunIds>() => 200 json::<RunningAttempts>(), work::running_attempts),
         route!(get "/v1/fleet", Bearer, "This queue's fleet id (worker)", query NONE, Empty => 200 json::<Fleet>(), work::fleet),
-        route!(get "/v1/lanes", Bearer, "Lane depth, running and oldest queued age (any token)", query NONE, Empty => 200 json::<LaneList>(), meta::lanes),
+        route!(get "/v1/lanes", Bearer, "Lane depth, running, oldest queued age, and pauses (any token)", query NONE, Empty => 200 json::<LaneList>(), meta::lanes),
+        route!(post "/v1/lanes/{lane}/pause", Bearer, "Pause a lane: nothing more of it is claimed; running runs go on (operator)", query NONE,
+            json::<LaneChange>() => 200 json::<LanePause>(), lanes::pause),
+        route!(post "/v1/lanes/{lane}/resume", Bearer, "Resume a paused lane and wake its workers (operator)", query NONE,
+            json::<LaneChange>() => 200 json::<LanePause>(), lanes::resume),
+        route!(post "/v1/lanes/stop", Bearer, "Emergency stop: pause every lane and, with cancel_running, cancel every running run (operator, every lane)",
+            query NONE, json::<FleetStopRequest>() => 200 json::<FleetStop>(), lanes::stop),
+        route!(get "/v1/lanes/history", Bearer, "Pauses, resumes and stops, newest first, with who and why (viewer, operator)",
+            query params::<LaneHistoryQuery>(), Empty => 200 json::<LaneHistory>(), lanes::history),
         route!(get "/v1/templates", Bearer, "The newest version of every template (viewer, operator)", query NONE, Empty => 200 json::<TemplateList>(), meta::templates),
         route!(put "/v1/templates/{name}", Bearer, "Apply a template (operator)", query NONE, json::<TemplateSpec>() => 200 json::<TemplateApplied>(), meta::apply_template),
         route!(get "/healthz", Public, "The database answered within the liveness bound (503 otherwise)", query NONE, Empty => 200 json::<Live>(), meta::healthz),
