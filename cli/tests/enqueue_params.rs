@@ -25,7 +25,11 @@ fn enqueue(t: &TestDb, args: &[String]) -> (bool, String, String) {
         .env("RUNLANE_LOG", "warn")
         .output()
         .expect("runlane enqueue");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +50,11 @@ async fn runlane_enqueue_passes_and_refuses_each_keyword_naming_the_param_and_th
         assert!(!ok, "{what}: {} enqueued", c.bad);
         assert!(stderr.contains(c.says), "{what}: '{stderr}' should say '{}'", c.says);
     }
-    assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, keyword_cases().len() as i64, "one run per good case");
+    assert_eq!(
+        t.count("SELECT count(*) FROM runlane.runs").await,
+        keyword_cases().len() as i64,
+        "one run per good case"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,9 +34,8 @@ impl ShellStep {
 impl DockerStep {
     /// Command, entrypoint and env verbatim: no shell reads them.
     pub fn render(&self, params: &Value) -> Result<DockerStep, String> {
-        let list = |l: &Vec<String>| {
-            l.iter().map(|s| substitute(s, params, Quoting::Verbatim)).collect::<Result<Vec<_>, _>>()
-        };
+        let list =
+            |l: &Vec<String>| l.iter().map(|s| substitute(s, params, Quoting::Verbatim)).collect::<Result<Vec<_>, _>>();
         Ok(DockerStep {
             command: list(&self.command)?,
             entrypoint: self.entrypoint.as_ref().map(list).transpose()?,
@@ -112,7 +111,8 @@ mod tests {
         assert_eq!(h.headers["x-svc"], "a b");
         assert_eq!(h.body, Some(json!({"svc": ["a b"]})));
 
-        let docker = action(json!({"name": "d", "kind": "docker", "image": "i", "command": ["echo", "${{ params.svc }}"],
+        let docker =
+            action(json!({"name": "d", "kind": "docker", "image": "i", "command": ["echo", "${{ params.svc }}"],
                                    "entrypoint": ["${{ params.n }}"]}));
         let StepAction::Docker(d) = docker.render(&params).expect("docker") else { panic!("docker") };
         assert_eq!((d.command, d.entrypoint), (vec!["echo".to_string(), "a b".into()], Some(vec!["3".to_string()])));

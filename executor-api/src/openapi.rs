@@ -222,7 +222,10 @@ mod tests {
         let create = &doc["paths"]["/v1/runs"]["post"];
         let params = create["parameters"].as_array().expect("parameters");
         let dry_run = params.iter().find(|p| p["name"] == "dry_run").expect("dry_run");
-        assert_eq!((&dry_run["in"], &dry_run["required"], &dry_run["schema"]["type"]), (&json!("query"), &json!(false), &json!("boolean")));
+        assert_eq!(
+            (&dry_run["in"], &dry_run["required"], &dry_run["schema"]["type"]),
+            (&json!("query"), &json!(false), &json!("boolean"))
+        );
         assert_eq!(json_schema(&create["responses"], "201")["$ref"], "#/components/schemas/RunCreated");
         assert_eq!(json_schema(&create["responses"], "200")["$ref"], "#/components/schemas/RunDryRun");
     }

@@ -76,16 +76,26 @@ async fn a_dry_run_writes_nothing_and_shows_the_rendered_steps_with_secrets_mask
     check_shown(&shown);
 
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    let req = EnqueueRequest { run_at: Some(later), lane: Some(Lane::D), ..backup(json!({"database": "orders", "password": "p"})) };
+    let req = EnqueueRequest {
+        run_at: Some(later),
+        lane: Some(Lane::D),
+        ..backup(json!({"database": "orders", "password": "p"}))
+    };
     let shown = dry_run(&t.pool, &req).await.expect("dry run");
     assert_eq!((shown.status.as_str(), shown.lane.as_str()), ("scheduled", "D"));
     assert_eq!(shown.run_at.timestamp_micros(), later.timestamp_micros());
     assert_eq!(written(&t).await, before, "a dry run writes nothing");
 
     // A key that names a run: the enqueue would return that run, and the dry run shows it.
-    let keyed = EnqueueRequest { idempotency_key: Some("nightly".into()), ..backup(json!({"database": "orders", "password": SECRET})) };
+    let keyed = EnqueueRequest {
+        idempotency_key: Some("nightly".into()),
+        ..backup(json!({"database": "orders", "password": SECRET}))
+    };
     let run = db::enqueue_run(&t.pool, &keyed).await.expect("enqueue");
-    let again = EnqueueRequest { idempotency_key: Some("nightly".into()), ..backup(json!({"database": "other", "password": "x"})) };
+    let again = EnqueueRequest {
+        idempotency_key: Some("nightly".into()),
+        ..backup(json!({"database": "other", "password": "x"}))
+    };
     let shown = dry_run(&t.pool, &again).await.expect("dry run");
     assert_eq!(shown.existing_run_id, Some(run));
     assert_eq!(shown.params["database"], "orders", "the existing run, not the request");
@@ -123,9 +133,8 @@ async fn the_api_answers_a_dry_run_with_what_would_be_enqueued_and_writes_nothin
     let (_, op) = token(&t.pool, "operator", None).await;
     let (_, viewer) = token(&t.pool, "viewer", None).await;
     let client = reqwest::Client::new();
-    let post = |path: &'static str, token: &str, body: Value| {
-        client.post(api.url(path)).bearer_auth(token).json(&body).send()
-    };
+    let post =
+        |path: &'static str, token: &str, body: Value| client.post(api.url(path)).bearer_auth(token).json(&body).send();
     let before = written(&t).await;
     let good = json!({"template": "backup", "params": {"database": "orders", "password": SECRET}});
     let resp = post("/v1/runs?dry_run=true", &op, good.clone()).await.expect("request");
@@ -135,7 +144,10 @@ async fn the_api_answers_a_dry_run_with_what_would_be_enqueued_and_writes_nothin
     let bad = json!({"template": "backup", "params": {"database": "orders", "password": "p", "keep_days": 0}});
     let refused = post("/v1/runs", &op, bad.clone()).await.expect("request");
     let dry_refused = post("/v1/runs?dry_run=true", &op, bad).await.expect("request");
-    assert_eq!((refused.status(), dry_refused.status()), (StatusCode::UNPROCESSABLE_ENTITY, StatusCode::UNPROCESSABLE_ENTITY));
+    assert_eq!(
+        (refused.status(), dry_refused.status()),
+        (StatusCode::UNPROCESSABLE_ENTITY, StatusCode::UNPROCESSABLE_ENTITY)
+    );
     let (a, b): (Value, Value) = (refused.json().await.expect("json"), dry_refused.json().await.expect("json"));
     assert_eq!(a, b, "the same error body");
     assert!(a["error"]["message"].as_str().is_some_and(|m| m.contains("param 'keep_days' must be at least 1, got 0")));

@@ -73,7 +73,11 @@ async fn every_keyword_passes_and_fails_through_the_api_naming_the_param_and_the
     for c in keyword_cases() {
         let what = format!("{} ({})", c.keyword, c.template);
         let post = |params: &Value| {
-            client.post(api.url("/v1/runs")).bearer_auth(&op).json(&json!({"template": c.template, "params": params})).send()
+            client
+                .post(api.url("/v1/runs"))
+                .bearer_auth(&op)
+                .json(&json!({"template": c.template, "params": params}))
+                .send()
         };
         let good = post(&c.good).await.expect("request");
         assert_eq!(good.status(), StatusCode::CREATED, "{what}: {}", good.text().await.unwrap_or_default());
@@ -137,7 +141,10 @@ async fn defaults_are_filled_in_at_enqueue_and_are_what_the_worker_gets() {
     );
     let given_db = json!({"db": {"host": "pg2"}, "replicas": 5});
     let run = db::enqueue_run(&t.pool, &request("defaults", given_db)).await.expect("enqueue");
-    assert_eq!(stored_params(&t, run).await, json!({"mode": "safe", "replicas": 5, "db": {"host": "pg2", "port": 5432}}));
+    assert_eq!(
+        stored_params(&t, run).await,
+        json!({"mode": "safe", "replicas": 5, "db": {"host": "pg2", "port": 5432}})
+    );
 
     let worker = t.register(&[Lane::C], 15_000).await;
     let claimed = db::claim_runs(&t.pool, worker, &[Lane::C], 10, None).await.expect("claim");
@@ -161,8 +168,7 @@ async fn a_stored_version_whose_schema_cannot_be_enforced_is_refused_at_enqueue_
     let says = "template 'legacy' version 1 has a params schema runlane cannot enforce \
                 (unsupported keyword 'format' in the schema of param 'email'";
     refusal("enqueue_run", db::enqueue_run(&t.pool, &request("legacy", json!({"email": "x"}))).await, says);
-    let (batched, _) =
-        refusal("enqueue_runs", db::enqueue_runs(&t.pool, &[request("legacy", json!({}))]).await, says);
+    let (batched, _) = refusal("enqueue_runs", db::enqueue_runs(&t.pool, &[request("legacy", json!({}))]).await, says);
     assert!(batched.starts_with("run #1: "), "{batched}");
     assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 0);
 }
@@ -178,7 +184,8 @@ async fn annotations_and_nested_schemas_apply_and_a_secret_stays_out_of_every_me
     t.apply("rotate", json!({"params": schema, "steps": [{"name": "s", "kind": "noop"}]})).await;
     let (message, problems) = refusal(
         "several",
-        db::enqueue_run(&t.pool, &request("rotate", json!({"token": "sk_live_XYZ", "scopes": ["admin"], "x": 1}))).await,
+        db::enqueue_run(&t.pool, &request("rotate", json!({"token": "sk_live_XYZ", "scopes": ["admin"], "x": 1})))
+            .await,
         "param 'token' must match the pattern '^tok_'",
     );
     assert!(!message.contains("sk_live_XYZ"), "{message}");
@@ -192,4 +199,25 @@ async fn annotations_and_nested_schemas_apply_and_a_secret_stays_out_of_every_me
         "every violation, each once"
     );
     db::enqueue_run(&t.pool, &request("rotate", json!({"token": "tok_1", "scopes": ["read"]}))).await.expect("valid");
+}
+
+#[tokio::test]
+async fn the_params_schema_example_in_the_operations_guide_applies_and_means_what_it_says() {
+    let t = TestDb::new().await;
+    let guide = include_str!("../../docs/OPERATIONS.md");
+    let section = &guide[guide.find("## Params schemas").expect("the section")..];
+    let yaml = section.split("```yaml\n").nth(1).and_then(|s| s.split("```").next()).expect("the example");
+    let template =
+        runlane_core::templates::parse_template(yaml, std::path::Path::new("OPERATIONS.md")).expect("parses");
+    db::apply_template(&t.pool, &template.name, &template.spec).await.expect("applies");
+    let run = db::enqueue_run(&t.pool, &request("deploy", json!({"service": "api", "version": "1.4", "hosts": ["a"]})))
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        stored_params(&t, run).await,
+        json!({"service": "api", "version": "1.4", "hosts": ["a"], "env": "staging", "replicas": 2})
+    );
+    let bad = json!({"service": "api", "version": "1.4", "db": {"port": 70000}, "verison": 1});
+    let (_, problems) = refusal("the guide's refusals", db::enqueue_run(&t.pool, &request("deploy", bad)).await, "");
+    assert_eq!(problems, ["param 'db.port' must be at most 65535, got 70000", "unknown param 'verison'"]);
 }

@@ -107,7 +107,8 @@ fn describe(d: &RunDryRun) -> String {
     if let Some(run) = d.existing_run_id {
         out += &format!("the idempotency key names run {run}: enqueue would return it ({})\n", d.status);
     }
-    let when = if d.status == "scheduled" { format!("scheduled for {}", d.run_at.to_rfc3339()) } else { d.status.clone() };
+    let when =
+        if d.status == "scheduled" { format!("scheduled for {}", d.run_at.to_rfc3339()) } else { d.status.clone() };
     out += &format!("template  {} (version {})\n", d.template, d.template_version);
     out += &format!("lane      {}, priority {}, {when}\n", d.lane, d.priority);
     let requires = if d.requires.is_empty() { "nothing".to_string() } else { d.requires.join(", ") };
