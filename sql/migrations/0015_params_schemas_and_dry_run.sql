@@ -434,23 +434,24 @@ BEGIN
     END IF;
     run_lane := coalesce(p_lane, tpl.default_lane);
     PERFORM check_lane(run_lane);
-    IF octet_length(p_params::text) > 1024 * 1024 THEN
-        RAISE EXCEPTION 'params are % bytes, over the 1 MiB limit', octet_length(p_params::text)
-            USING ERRCODE = 'RL422';
-    END IF;
-    IF jsonb_typeof(p_params) = 'object' THEN
-        SELECT k, octet_length(p_params ->> k) AS n INTO big FROM jsonb_object_keys(p_params) AS o(k)
-        WHERE octet_length(p_params ->> k) > 256 * 1024 ORDER BY k LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'param ''%'' is % bytes, over the 256 KiB limit for one value', big.k, big.n
-                USING ERRCODE = 'RL422';
-        END IF;
-    END IF;
     problem := stored_schema_problem(tpl);
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION '%', problem USING ERRCODE = 'RL422';
     END IF;
     SELECT c.params, c.problems INTO run_params, problems FROM check_params(tpl.params_schema, p_params) AS c;
+    -- The bounds hold for the params as stored, defaults included (as in enqueue_runs).
+    IF octet_length(run_params::text) > 1024 * 1024 THEN
+        RAISE EXCEPTION 'params are % bytes, over the 1 MiB limit', octet_length(run_params::text)
+            USING ERRCODE = 'RL422';
+    END IF;
+    IF jsonb_typeof(run_params) = 'object' THEN
+        SELECT k, octet_length(run_params ->> k) AS n INTO big FROM jsonb_object_keys(run_params) AS o(k)
+        WHERE octet_length(run_params ->> k) > 256 * 1024 ORDER BY k LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'param ''%'' is % bytes, over the 256 KiB limit for one value', big.k, big.n
+                USING ERRCODE = 'RL422';
+        END IF;
+    END IF;
     IF cardinality(problems) > 0 THEN
         RAISE EXCEPTION 'invalid params for template ''%'': %', p_template, array_to_string(problems, '; ')
             USING ERRCODE = 'RL422', DETAIL = to_jsonb(problems)::text;
@@ -554,11 +555,10 @@ BEGIN
                   WHERE (t.name, t.version) IN (SELECT x.name, max(x.version) FROM run_templates x
                                                 WHERE x.name = ANY (p_templates) GROUP BY x.name));
     FOREACH u IN ARRAY used LOOP
-        IF u.params_schema ?| '{properties,required,additionalProperties}' THEN
-            walked := walked || u.name;
-        END IF;
         IF stored_schema_problem(u) IS NOT NULL THEN
             unusable := unusable || jsonb_build_object(u.name, stored_schema_problem(u));
+        ELSIF u.params_schema ?| '{properties,required,additionalProperties}' THEN
+            walked := walked || u.name;
         END IF;
     END LOOP;
 
@@ -588,6 +588,7 @@ BEGIN
                         THEN format('unknown lane ''%s'' (lanes: %s)', coalesce(b.lane, 'NULL'), lane_names())
                     WHEN b.priority NOT BETWEEN -100 AND 100
                         THEN format('priority %s is out of range (-100 to 100)', b.priority)
+                    WHEN unusable ? b.template THEN unusable ->> b.template
                     WHEN octet_length(b.params::text) > 1024 * 1024
                         THEN format('params are %s bytes, over the 1 MiB limit', octet_length(b.params::text))
                     WHEN jsonb_typeof(b.params) = 'object' AND EXISTS (
@@ -596,7 +597,6 @@ BEGIN
                                             octet_length(b.params ->> k))
                               FROM jsonb_object_keys(b.params) AS o(k)
                               WHERE octet_length(b.params ->> k) > 256 * 1024 ORDER BY k LIMIT 1)
-                    WHEN unusable ? b.template THEN unusable ->> b.template
                     WHEN jsonb_typeof(b.params) <> 'object'
                         THEN format('invalid params for template ''%s'': params must be a JSON object, got %s', b.template,
                                     jsonb_typeof(b.params))
