@@ -339,6 +339,30 @@ pub struct EnqueueRequest {
     pub session_id: Option<SessionId>,
 }
 
+/// What an enqueue would do (`dry_run_enqueue`): the run as it would be stored, nothing written.
+/// `core::dry_run` renders its steps.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnqueuePreview {
+    /// The run the idempotency key already names (the enqueue would return it); the other fields
+    /// then describe that run.
+    pub existing_run: Option<RunId>,
+    pub template: String,
+    pub version: i32,
+    pub lane: String,
+    pub priority: i32,
+    /// `queued`, or `scheduled` when due later (an existing run: its own status).
+    pub status: String,
+    pub run_at: DateTime<Utc>,
+    /// Defaults filled in, secret values as `***`.
+    pub params: serde_json::Value,
+    pub secret_params: Vec<String>,
+    pub requires: Vec<String>,
+    pub timeout_ms: i32,
+    pub max_attempts: i32,
+    /// As frozen into the run, placeholders unfilled.
+    pub steps: serde_json::Value,
+}
+
 /// A sweeper pass as of another time, or with another policy: the owner's (and tests') call. Every
 /// `None` takes the fleet's own (`now()`, and the policy set by `set_sweep_policy`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

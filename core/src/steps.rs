@@ -180,7 +180,8 @@ pub fn parse_steps(steps: &Value) -> Result<Vec<StepSpec>, String> {
     list.iter().enumerate().map(|(i, s)| parse_step(s).map_err(|e| format!("step {i}: {e}"))).collect()
 }
 
-fn parse_step(step: &Value) -> Result<StepSpec, String> {
+/// Parses one step (see [`parse_steps`]).
+pub fn parse_step(step: &Value) -> Result<StepSpec, String> {
     let obj = step.as_object().ok_or("a step must be an object")?;
     let (common, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) =
         obj.clone().into_iter().partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));

@@ -56,6 +56,9 @@ fn operation(r: &Route, error: &Value, generator: &mut SchemaGenerator) -> Value
             "default": {"description": "an error", "content": content("application/json", error.clone())},
         },
     });
+    if let Some((status, body)) = r.also {
+        op["responses"][status.to_string()] = response(body, generator);
+    }
     op["security"] = match r.auth {
         Auth::Bearer => json!([{"bearer": []}]),
         Auth::Signed | Auth::Public => json!([]),
@@ -181,6 +184,9 @@ mod tests {
             if matches!(route.response, Body::Json(_)) {
                 named.push(json_schema(&op["responses"], &route.status.to_string()));
             }
+            if let Some((status, Body::Json(_))) = route.also {
+                named.push(json_schema(&op["responses"], &status.to_string()));
+            }
             for schema in named {
                 let name = schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/"));
                 assert!(
@@ -209,5 +215,19 @@ mod tests {
         let lease = upload.iter().find(|p| p["name"] == "lease").expect("lease");
         assert_eq!(lease["required"], true);
         assert_eq!(upload.iter().filter(|p| p["in"] == "path").count(), 2);
+    }
+
+    #[test]
+    fn a_dry_run_is_a_documented_query_with_its_own_answer() {
+        let doc = document();
+        let create = &doc["paths"]["/v1/runs"]["post"];
+        let params = create["parameters"].as_array().expect("parameters");
+        let dry_run = params.iter().find(|p| p["name"] == "dry_run").expect("dry_run");
+        assert_eq!(
+            (&dry_run["in"], &dry_run["required"], &dry_run["schema"]["type"]),
+            (&json!("query"), &json!(false), &json!("boolean"))
+        );
+        assert_eq!(json_schema(&create["responses"], "201")["$ref"], "#/components/schemas/RunCreated");
+        assert_eq!(json_schema(&create["responses"], "200")["$ref"], "#/components/schemas/RunDryRun");
     }
 }

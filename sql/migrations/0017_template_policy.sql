@@ -126,11 +126,13 @@ BEGIN
             RETURN NEXT;
         END LOOP;
     END IF;
-    IF p_spec ? 'params' AND (jsonb_typeof(p_spec -> 'params') IS DISTINCT FROM 'object'
-                              OR p_spec -> 'params' -> 'type' IS DISTINCT FROM '"object"') THEN
+    -- The schema keyword by keyword, as 0015 checks it: an object schema using only enforced keywords.
+    IF p_spec ? 'params' THEN
         field := 'params';
-        problem := 'params must be a JSON Schema with type: object';
-        RETURN NEXT;
+        problem := params_schema_problem(p_spec -> 'params');
+        IF problem IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
     END IF;
     field := 'steps';
     IF jsonb_typeof(p_spec -> 'steps') IS DISTINCT FROM 'array' OR jsonb_array_length(p_spec -> 'steps') = 0 THEN

@@ -8,6 +8,8 @@
 //! - [`api`]: the executor API served in-process, and tokens for it.
 //! - [`docker`]: the Docker engine for docker-step tests (a locally imported busybox image).
 //! - [`lossy`]: a broker whose replies get lost (or whose calls are refused), in front of a real one.
+//! - [`params_cases`]: one params schema per JSON-Schema keyword, with passing and failing params
+//!   (the SQL, API and CLI tests of params run the same table).
 //! - [`process`]: real `runlane worker` processes for fleet and fault tests (used from cli/tests/).
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and its queue (PostgreSQL or the API).
 //! - [`recording`]: a broker in memory that records every call and answers as scripted (the
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod docker;
 pub mod lossy;
+pub mod params_cases;
 pub mod process;
 pub mod proxy;
 pub mod recording;

@@ -1,10 +1,12 @@
 //! `runlane enqueue TEMPLATE --lane A --param k=v …`: one run; prints its id. With `--batch FILE`,
-//! many runs from JSON lines in one transaction (see [`super::enqueue_batch`]).
+//! many runs from JSON lines in one transaction (see [`super::enqueue_batch`]). With `--dry-run`, what
+//! would be enqueued, nothing written.
 
 use super::common::{ConfigArgs, connect};
 use anyhow::{Context, bail};
 use runlane_core::db;
 use runlane_core::model::{EnqueueRequest, Lane, SessionId};
+use runlane_core::wire::RunDryRun;
 use serde_json::{Map, Value};
 use std::process::ExitCode;
 
@@ -36,7 +38,11 @@ pub struct Args {
     /// {…}, "lane", "priority", "run_at", "idempotency_key", "session_id"}; all or none
     #[arg(long, value_name = "FILE", conflicts_with_all = ["template", "lane", "params", "priority", "idempotency_key", "run_at"])]
     batch: Option<std::path::PathBuf>,
-    /// Print {"run_id": …} (a line per run with --batch) instead of the bare id
+    /// Check the run as the enqueue would and show what it would enqueue (params with defaults,
+    /// steps rendered, secrets masked); write nothing
+    #[arg(long, conflicts_with = "batch")]
+    dry_run: bool,
+    /// Print {"run_id": …} (a line per run with --batch; the whole dry run with --dry-run) instead of the bare id
     #[arg(long)]
     json: bool,
 }
@@ -77,6 +83,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         idempotency_key: args.idempotency_key,
         session_id: args.session,
     };
+    if args.dry_run {
+        let shown = runlane_core::dry_run::dry_run(&pool, &req).await.map_err(with_apply_hint)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&shown)?);
+        } else {
+            print!("{}", describe(&shown));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let run = db::enqueue_run(&pool, &req).await.map_err(with_apply_hint)?;
     if args.json {
         println!("{}", serde_json::json!({ "run_id": run }));
@@ -94,6 +109,43 @@ fn with_apply_hint(e: runlane_core::Error) -> anyhow::Error {
         }
         e => e.into(),
     }
+}
+
+/// A dry run for people: what would be enqueued, then each step as the worker would run it.
+fn describe(d: &RunDryRun) -> String {
+    let mut out = String::from("dry run: nothing was enqueued\n");
+    if let Some(run) = d.existing_run_id {
+        out += &format!("the idempotency key names run {run}: enqueue would return it ({})\n", d.status);
+    }
+    let when =
+        if d.status == "scheduled" { format!("scheduled for {}", d.run_at.to_rfc3339()) } else { d.status.clone() };
+    out += &format!("template  {} (version {})\n", d.template, d.template_version);
+    out += &format!("lane      {}, priority {}, {when}\n", d.lane, d.priority);
+    let requires = if d.requires.is_empty() { "nothing".to_string() } else { d.requires.join(", ") };
+    out += &format!("requires  {requires}\n");
+    out += &format!("timeout   {} ms, at most {} attempt(s)\n", d.timeout_ms, d.max_attempts);
+    out += &format!("params    {}\n", d.params);
+    out += "steps\n";
+    for step in &d.steps {
+        out += &format!("  {}. {} ({})\n", step.index, step.name, step.kind);
+        for (key, value) in step.spec.as_object().into_iter().flatten() {
+            let unset = match value {
+                Value::Bool(b) => !b,
+                Value::Object(o) => o.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => false,
+            };
+            if unset || matches!(key.as_str(), "name" | "kind") {
+                continue;
+            }
+            let text = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+            out += &format!("       {key}: {}\n", text.trim_end().replace('\n', "\n         "));
+        }
+        if let Some(problem) = &step.problem {
+            out += &format!("       would fail: {problem}\n");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -25,6 +25,20 @@ pub async fn enqueue_run(ex: impl PgExecutor<'_>, req: &EnqueueRequest) -> Resul
         .await?)
 }
 
+/// What `enqueue_run` would do with `req`: checked the same way (the same errors), written nowhere.
+pub async fn dry_run_enqueue(ex: impl PgExecutor<'_>, req: &EnqueueRequest) -> Result<EnqueuePreview> {
+    Ok(sqlx::query_as("SELECT * FROM runlane.dry_run_enqueue($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&req.template)
+        .bind(&req.params)
+        .bind(req.lane.map(Lane::as_str))
+        .bind(req.priority)
+        .bind(req.run_at)
+        .bind(&req.idempotency_key)
+        .bind(req.session_id)
+        .fetch_one(ex)
+        .await?)
+}
+
 /// Enqueues many runs in one call, all or nothing (the first violation is named with the run's
 /// 1-based position). Returns the run ids in the order given.
 pub async fn enqueue_runs(ex: impl PgExecutor<'_>, reqs: &[EnqueueRequest]) -> Result<Vec<RunId>> {

@@ -37,6 +37,56 @@ pub struct RunCreated {
     pub run_id: RunId,
 }
 
+/// `POST /v1/runs` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCreateQuery {
+    /// `true`: check the run as the enqueue would (the same errors) and answer what it would enqueue
+    /// (200 `RunDryRun`), writing nothing.
+    pub dry_run: Option<bool>,
+}
+
+/// The answer to `POST /v1/runs?dry_run=true` (200): the run as the enqueue would store and run it.
+/// Nothing was written.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunDryRun {
+    /// The run the idempotency key already names: the enqueue would return it and write nothing (the
+    /// fields below then describe that run).
+    pub existing_run_id: Option<RunId>,
+    pub template: String,
+    pub template_version: i32,
+    #[schemars(with = "Lane")]
+    pub lane: String,
+    pub priority: i32,
+    /// `queued`, or `scheduled` while `run_at` is ahead.
+    #[schemars(with = "RunStatus")]
+    pub status: String,
+    pub run_at: DateTime<Utc>,
+    /// With the template's defaults filled in; the values of secret params as `***`.
+    #[schemars(with = "Map<String, Value>")]
+    pub params: Value,
+    pub secret_params: Vec<String>,
+    /// Capabilities a worker needs to claim the run (`docker`).
+    pub requires: Vec<String>,
+    pub timeout_ms: i32,
+    pub max_attempts: i32,
+    pub steps: Vec<DryRunStep>,
+}
+
+/// One step of a dry run, as the worker would run it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DryRunStep {
+    pub index: i32,
+    pub name: String,
+    pub kind: String,
+    /// Every key the worker reads for this step (defaults included, unset ones left out), with
+    /// `${{ params.x }}` filled in as the worker fills it: secret values show as `***`.
+    #[schemars(with = "Map<String, Value>")]
+    pub spec: Value,
+    /// Why the worker would fail this step before starting it (a placeholder naming no param).
+    pub problem: Option<String>,
+}
+
 /// `GET /v1/runs`: filters, newest first, paged by `before` (the previous page's `next_before`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

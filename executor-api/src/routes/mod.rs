@@ -69,11 +69,19 @@ pub struct Route {
     pub request: Body,
     pub status: u16,
     pub response: Body,
+    /// A second successful answer, chosen by the request (a dry run's 200 beside a create's 201).
+    pub also: Option<(u16, Body)>,
     pub handler: MethodRouter<AppState>,
 }
 
 macro_rules! route {
     ($m:ident $path:literal, $auth:ident, $summary:literal, query $q:expr, $req:expr => $status:literal $resp:expr, $h:expr) => {
+        route!($m $path, $auth, $summary, query $q, $req => $status $resp, also None, $h)
+    };
+    ($m:ident $path:literal, $auth:ident, $summary:literal, query $q:expr, $req:expr => $status:literal $resp:expr, or $status2:literal $resp2:expr, $h:expr) => {
+        route!($m $path, $auth, $summary, query $q, $req => $status $resp, also Some(($status2, $resp2)), $h)
+    };
+    ($m:ident $path:literal, $auth:ident, $summary:literal, query $q:expr, $req:expr => $status:literal $resp:expr, also $also:expr, $h:expr) => {
         Route {
             method: stringify!($m),
             path: $path,
@@ -83,6 +91,7 @@ macro_rules! route {
             request: $req,
             status: $status,
             response: $resp,
+            also: $also,
             handler: $m($h),
         }
     };
@@ -94,7 +103,8 @@ const NONE: Option<SchemaOf> = None;
 pub fn table() -> Vec<Route> {
     use Body::*;
     vec![
-        route!(post "/v1/runs", Bearer, "Enqueue a run (operator)", query NONE, json::<RunCreate>() => 201 json::<RunCreated>(), runs::create),
+        route!(post "/v1/runs", Bearer, "Enqueue a run (operator); with dry_run=true, check it and answer what would be enqueued, writing nothing",
+            query params::<RunCreateQuery>(), json::<RunCreate>() => 201 json::<RunCreated>(), or 200 json::<RunDryRun>(), runs::create),
         route!(get "/v1/runs", Bearer, "List runs, newest first (viewer, operator)",
             query params::<RunListQuery>(), Empty => 200 json::<RunList>(), runs::list),
         route!(get "/v1/runs/{run_id}", Bearer, "A run with its steps (viewer, operator)", query NONE, Empty => 200 json::<RunDetail>(), runs::show),

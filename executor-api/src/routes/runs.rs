@@ -6,20 +6,27 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use runlane_core::db::{self, RunFilter};
+use runlane_core::dry_run::dry_run;
 use runlane_core::model::{EnqueueRequest, Lane, RunId};
-use runlane_core::wire::{CancelRequest, RunCreate, RunCreated, RunDetail, RunList, RunListQuery, StatusReply};
+use runlane_core::wire::{
+    CancelRequest, RunCreate, RunCreateQuery, RunCreated, RunDetail, RunList, RunListQuery, StatusReply,
+};
 
 /// Parses a lane, as the API's 422.
 pub fn parse_lane(s: &str) -> Result<Lane, ApiError> {
     s.parse::<Lane>().map_err(ApiError::invalid)
 }
 
+/// Enqueues a run (201), or with `dry_run=true` answers what would be enqueued (200), checked the
+/// same way and writing nothing.
 pub async fn create(
     State(st): State<AppState>,
     Operator(caller): Operator,
+    Query(q): Query<RunCreateQuery>,
     ApiJson(body): ApiJson<RunCreate>,
-) -> Result<(StatusCode, Json<RunCreated>), ApiError> {
+) -> Result<Response, ApiError> {
     let lane = body.lane.as_deref().map(parse_lane).transpose()?;
     if let Some(lane) = lane {
         caller.may_use_lane(lane)?;
@@ -35,8 +42,11 @@ pub async fn create(
         idempotency_key: body.idempotency_key,
         session_id: body.session_id,
     };
+    if q.dry_run == Some(true) {
+        return Ok(Json(dry_run(&st.pool, &req).await?).into_response());
+    }
     let run_id = db::enqueue_run(&st.pool, &req).await?;
-    Ok((StatusCode::CREATED, Json(RunCreated { run_id })))
+    Ok((StatusCode::CREATED, Json(RunCreated { run_id })).into_response())
 }
 
 const STATUSES: [&str; 6] = ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"];

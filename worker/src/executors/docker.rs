@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use runlane_core::model::Stream;
-use runlane_core::steps::{DockerStep, PullPolicy, Quoting, substitute};
+use runlane_core::steps::{DockerStep, PullPolicy};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -100,15 +100,10 @@ fn engine_error(e: &bollard::errors::Error) -> String {
 
 impl DockerExecutor {
     fn container_config(&self, spec: &DockerStep, ctx: &StepContext) -> Result<ContainerCreateBody, String> {
-        let sub = |s: &String| substitute(s, &ctx.params, Quoting::Verbatim);
-        let cmd = spec.command.iter().map(sub).collect::<Result<Vec<_>, _>>()?;
-        let entrypoint =
-            spec.entrypoint.as_ref().map(|e| e.iter().map(sub).collect::<Result<Vec<_>, _>>()).transpose()?;
+        let spec = spec.render(&ctx.params)?;
         let mut env: Vec<String> = ctx.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(ctx.param_files.iter().map(|f| format!("{}={CONTAINER_PARAMS_DIR}/{}", f.env, f.file_name)));
-        for (k, v) in &spec.env {
-            env.push(format!("{k}={}", sub(v)?));
-        }
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let network = match &spec.network {
             None => "none".to_string(),
             Some(n) if n == "none" || self.allowed_networks.contains(n) => n.clone(),
@@ -143,8 +138,8 @@ impl DockerExecutor {
         };
         Ok(ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: (!cmd.is_empty()).then_some(cmd),
-            entrypoint,
+            cmd: (!spec.command.is_empty()).then_some(spec.command),
+            entrypoint: spec.entrypoint,
             env: Some(env),
             working_dir: spec.working_dir.clone(),
             user: spec.user.clone(),

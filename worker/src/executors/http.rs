@@ -5,7 +5,7 @@
 
 use super::{ArtifactData, Executor, ProducedArtifact, StepContext, StepOutcome};
 use runlane_core::model::Stream;
-use runlane_core::steps::{HttpStep, Quoting, substitute};
+use runlane_core::steps::HttpStep;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -130,50 +130,22 @@ fn error_chain(e: &reqwest::Error) -> String {
 fn prepare(spec: &HttpStep, params: &Value) -> Result<Prepared, String> {
     let method = reqwest::Method::from_bytes(spec.method.trim().to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("'{}' is not an HTTP method", spec.method))?;
-    let url = substitute_url(&spec.url, params)?;
-    reqwest::Url::parse(&url).map_err(|e| format!("invalid URL '{url}': {e}"))?;
+    let spec = spec.render(params)?;
+    reqwest::Url::parse(&spec.url).map_err(|e| format!("invalid URL '{}': {e}", spec.url))?;
     let mut headers = reqwest::header::HeaderMap::new();
     for (k, v) in &spec.headers {
         let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes())
             .map_err(|_| format!("'{k}' is not a valid header name"))?;
-        let value = reqwest::header::HeaderValue::try_from(substitute(v, params, Quoting::Verbatim)?)
+        let value = reqwest::header::HeaderValue::try_from(v.as_str())
             .map_err(|_| format!("the value of header '{k}' is not a valid header value"))?;
         headers.append(name, value);
     }
-    let body = match &spec.body {
+    let body = match spec.body {
         None => None,
-        Some(Value::String(s)) => Some((substitute(s, params, Quoting::Verbatim)?.into_bytes(), None)),
-        Some(json) => {
-            let filled = fill_json(json, params)?;
-            Some((serde_json::to_vec(&filled).map_err(|e| e.to_string())?, Some("application/json")))
-        }
+        Some(Value::String(s)) => Some((s.into_bytes(), None)),
+        Some(json) => Some((serde_json::to_vec(&json).map_err(|e| e.to_string())?, Some("application/json"))),
     };
-    Ok(Prepared { method, url, headers, body })
-}
-
-/// A placeholder that opens the URL supplies its scheme and host (`${{ params.base }}/health`) and
-/// is taken as given; every other one is percent-encoded.
-fn substitute_url(url: &str, params: &Value) -> Result<String, String> {
-    let url = url.trim();
-    if url.starts_with("${{")
-        && let Some(end) = url.find("}}")
-    {
-        let (base, rest) = url.split_at(end + 2);
-        return Ok(substitute(base, params, Quoting::Verbatim)? + &substitute(rest, params, Quoting::Url)?);
-    }
-    substitute(url, params, Quoting::Url)
-}
-
-/// Substitutes params inside every string of a JSON body.
-fn fill_json(v: &Value, params: &Value) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => Value::String(substitute(s, params, Quoting::Verbatim)?),
-        Value::Array(items) => Value::Array(items.iter().map(|i| fill_json(i, params)).collect::<Result<_, _>>()?),
-        Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), fill_json(v, params)?))).collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
+    Ok(Prepared { method, url: spec.url, headers, body })
 }
 
 fn status_text(status: reqwest::StatusCode) -> String {

@@ -9,7 +9,7 @@ use super::{ArtifactData, Executor, ProducedArtifact, StepContext, StepOutcome};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use runlane_core::model::Stream;
-use runlane_core::steps::{Quoting, ShellStep, substitute};
+use runlane_core::steps::ShellStep;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -52,11 +52,11 @@ impl Executor for ShellExecutor {
 }
 
 fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
-    let script = substitute(&spec.command, &ctx.params, Quoting::Shell)?;
+    let spec = spec.render(&ctx.params)?;
     let dir = working_dir(&ctx.work_dir, spec.working_dir.as_deref())?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("working directory {}: {e}", dir.display()))?;
     let script_file = ctx.private_dir.join("script.sh");
-    std::fs::write(&script_file, script).map_err(|e| format!("writing the step's script: {e}"))?;
+    std::fs::write(&script_file, &spec.command).map_err(|e| format!("writing the step's script: {e}"))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg(&script_file)
         .current_dir(&dir)
@@ -74,7 +74,7 @@ fn prepare(spec: &ShellStep, ctx: &StepContext) -> Result<Command, String> {
         if k.is_empty() || k.contains(['=', '\0']) {
             return Err(format!("env name '{k}' is not a valid variable name"));
         }
-        cmd.env(k, substitute(v, &ctx.params, Quoting::Verbatim)?);
+        cmd.env(k, v);
     }
     for file in &ctx.param_files {
         cmd.env(&file.env, &file.path);
