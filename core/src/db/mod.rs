@@ -1,14 +1,17 @@
 //! PostgreSQL: connecting, the embedded migrations, and one small function per SQL call.
 //!
 //! Every SQL statement of the queue lives in this module (`queries` for the queue functions,
-//! `reads` for what operators read); only `runlane bench` runs its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
+//! `reads` for what operators read, `schedules` for recurring runs); only `runlane bench` runs its
+//! own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
 //! transaction.
 
 mod queries;
 mod reads;
+mod schedules;
 
 pub use queries::*;
 pub use reads::*;
+pub use schedules::*;
 
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

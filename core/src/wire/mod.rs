@@ -6,7 +6,7 @@
 //!
 //! Records of [`model`](crate::model) and [`ops`](crate::ops) that already are the JSON of a route
 //! travel as they are: `WorkerRegistration`, `WorkerUpdate`, `ClaimedRun`, `HeartbeatReply`,
-//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`. The structs here wrap them
+//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`, `ScheduleRecord`. The structs here wrap them
 //! (`{"runs": […]}`), or say what the routes take that the queue's calls do not (lane names as
 //! operators type them, a params default).
 //!
@@ -14,13 +14,16 @@
 //! - [`runs`]: what operators send and read about runs: runs, their events and artifacts.
 //! - [`work`]: what workers send and read: registration, claims, leases, batches, uploads.
 //! - [`meta`]: workers, lanes and templates as operators list them; health.
+//! - [`schedules`]: schedules added, listed, shown with their next slots, paused.
 
 mod meta;
 mod runs;
+mod schedules;
 mod work;
 
 pub use meta::*;
 pub use runs::*;
+pub use schedules::*;
 pub use work::*;
 
 use schemars::JsonSchema;
