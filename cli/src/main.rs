@@ -26,6 +26,8 @@ enum Command {
     Enqueue(commands::enqueue::Args),
     /// Follow a run's events live; exits 0 succeeded, 1 failed, 2 cancelled
     Tail(commands::tail::Args),
+    /// Recurring runs: add, list, show, pause, resume, rm
+    Schedules(commands::schedules::Args),
     /// One sweeper pass now
     Sweep(commands::sweep::Args),
     /// Measure throughput and latencies on a throwaway PostgreSQL
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
             Command::Token(args) => commands::token::run(args).await,
             Command::Enqueue(args) => commands::enqueue::run(args).await,
             Command::Tail(args) => commands::tail::run(args).await,
+            Command::Schedules(args) => commands::schedules::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,

@@ -479,9 +479,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = runlane, pg_temp AS $$
     ORDER BY s.name
 $$;
 
--- A schedule's next p_count slots from now: from its next due slot while enabled, from the slot
--- resume_schedule would give while paused.
-CREATE FUNCTION runlane.schedule_slots(p_name text, p_count integer DEFAULT 5) RETURNS SETOF timestamptz
+-- A schedule's next p_count slots from now (from its next due slot while enabled, from where
+-- resume_schedule would start while paused), each with the wall-clock time it stands for.
+CREATE FUNCTION runlane.schedule_slots(p_name text, p_count integer DEFAULT 5)
+RETURNS TABLE (slot timestamptz, local_time timestamp)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = runlane, pg_temp AS $$
 DECLARE
     s schedules;
@@ -499,7 +500,9 @@ BEGIN
     FOR i IN 1 .. p_count LOOP
         t := cron_next(s.spec, s.time_zone, t);
         EXIT WHEN t IS NULL;
-        RETURN NEXT t;
+        slot := t;
+        local_time := t AT TIME ZONE s.time_zone;
+        RETURN NEXT;
     END LOOP;
 END $$;
 

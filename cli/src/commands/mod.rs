@@ -7,6 +7,7 @@ pub mod demo;
 pub mod enqueue;
 pub mod enqueue_batch;
 pub mod migrate;
+pub mod schedules;
 pub mod sweep;
 pub mod tail;
 pub mod token;

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Lane, RunId};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
@@ -133,9 +133,23 @@ pub async fn get_schedule(ex: impl PgExecutor<'_>, name: &str) -> Result<Schedul
         .ok_or_else(|| Error::NotFound(format!("unknown schedule '{name}'")))
 }
 
-/// A schedule's next `count` slots (1–1000) from now.
-pub async fn schedule_slots(ex: impl PgExecutor<'_>, name: &str, count: i32) -> Result<Vec<DateTime<Utc>>> {
-    Ok(sqlx::query_scalar("SELECT runlane.schedule_slots($1, $2)").bind(name).bind(count).fetch_all(ex).await?)
+/// A schedule's next `count` slots (1–1000) from now, each at the offset of the schedule's time
+/// zone then (`2026-03-30T02:30:00+02:00`): the instant and the wall-clock time in one.
+pub async fn schedule_slots(ex: impl PgExecutor<'_>, name: &str, count: i32) -> Result<Vec<DateTime<FixedOffset>>> {
+    let rows: Vec<(DateTime<Utc>, chrono::NaiveDateTime)> =
+        sqlx::query_as("SELECT slot, local_time FROM runlane.schedule_slots($1, $2)")
+            .bind(name)
+            .bind(count)
+            .fetch_all(ex)
+            .await?;
+    rows.into_iter()
+        .map(|(slot, local)| {
+            let offset = i32::try_from((local - slot.naive_utc()).num_seconds()).ok().and_then(FixedOffset::east_opt);
+            offset
+                .map(|o| slot.with_timezone(&o))
+                .ok_or_else(|| Error::Schema(format!("slot {slot}: no UTC offset for its local time {local}")))
+        })
+        .collect()
 }
 
 /// An expression's next `count` slots after `after`, in `time_zone`: for trying one out.

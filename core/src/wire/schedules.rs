@@ -3,7 +3,7 @@
 
 use crate::db::ScheduleRecord;
 use crate::model::Lane;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -42,13 +42,14 @@ pub struct ScheduleList {
 }
 
 /// `GET /v1/schedules/{name}`, and the answer to adding, pausing and resuming one: the schedule
-/// with its next slots (from its next due slot; while paused, from where a resume would start).
+/// with its next slots (from its next due slot; while paused, from where a resume would start), each
+/// at its time zone's offset then, so it reads as the wall-clock time it stands for.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "ScheduleDetail")]
 pub struct ScheduleDetail {
     #[serde(flatten)]
     pub schedule: ScheduleRecord,
-    pub next_slots: Vec<DateTime<Utc>>,
+    pub next_slots: Vec<DateTime<FixedOffset>>,
 }
 
 /// `POST /v1/schedules/{name}/pause`; the body is optional.
