@@ -62,7 +62,11 @@ async fn a_ten_minute_outage_enqueues_one_catch_up_run_that_counts_the_missed_sl
 
     let runs = runs_of(&t, id).await;
     let slots: Vec<_> = runs.iter().map(|(k, run_at, _)| (k.clone(), *run_at)).collect();
-    assert_eq!(slots, vec![(key(id, first), first), (key(id, back), back)], "one run for the outage: the newest slot's");
+    assert_eq!(
+        slots,
+        vec![(key(id, first), first), (key(id, back), back)],
+        "one run for the outage: the newest slot's"
+    );
     assert!(caught_up(&t, runs[0].2).await.is_empty(), "the first slot was on time");
     let events = caught_up(&t, runs[1].2).await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -136,7 +140,10 @@ async fn bad_schedules_are_refused_naming_what_is_wrong_and_nothing_is_written()
         s
     };
     let cases: Vec<(NewSchedule, &[&str])> = vec![
-        (with(&|s| s.cron = "61 * * * *".into()), &["cron expression '61 * * * *'", "minute field", "out of range (0-59)"]),
+        (
+            with(&|s| s.cron = "61 * * * *".into()),
+            &["cron expression '61 * * * *'", "minute field", "out of range (0-59)"],
+        ),
         (with(&|s| s.cron = "* * * *".into()), &["needs 5 fields", "got 4"]),
         (with(&|s| s.cron = "*/0 * * * *".into()), &["step '0'"]),
         (with(&|s| s.cron = "0 3 * FOO *".into()), &["month field 'FOO'", "unknown name 'FOO'"]),
@@ -145,7 +152,10 @@ async fn bad_schedules_are_refused_naming_what_is_wrong_and_nothing_is_written()
         (with(&|s| s.time_zone = Some("Europe/Pari".into())), &["unknown time zone 'Europe/Pari'", "'Europe/Paris'"]),
         (with(&|s| s.time_zone = Some("Mars/Olympus".into())), &["unknown time zone 'Mars/Olympus'", "IANA"]),
         (with(&|s| s.template = "nop".into()), &["unknown template 'nop'", "'noop'"]),
-        (with(&|s| s.template = "deploy".into()), &["invalid params for template 'deploy'", "missing required param 'env'"]),
+        (
+            with(&|s| s.template = "deploy".into()),
+            &["invalid params for template 'deploy'", "missing required param 'env'"],
+        ),
         (
             with(&|s| {
                 s.template = "deploy".into();
@@ -347,4 +357,28 @@ async fn daylight_saving_time_runs_times_of_day_once_and_intervals_by_the_clock(
             (1..=4).map(|i| (start + Duration::seconds(i)).format("%Y-%m-%dT%H:%M:%SZ").to_string()).collect();
         assert_eq!(got, want, "after {after}");
     }
+}
+
+#[tokio::test]
+async fn one_tick_at_a_time_a_second_leader_is_skipped_while_the_first_holds_the_lock() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let id = db::add_schedule(&t.pool, &every_second("beat")).await.expect("add");
+    let first = db::get_schedule(&t.pool, "beat").await.expect("schedule").next_due.expect("slot");
+
+    // The first leader's tick, its transaction still open (as if it were slow, or about to lose its
+    // connection: a transaction-scoped lock is gone with the transaction).
+    let mut leader = t.pool.begin().await.expect("begin");
+    let report = db::tick_schedules_at(&mut *leader, first, 100).await.expect("first tick");
+    assert_eq!((report.skipped, report.enqueued), (false, 1));
+    let other = db::tick_schedules_at(&t.pool, first, 100).await.expect("second tick");
+    assert!(other.skipped, "the lock is held: {other:?}");
+    leader.rollback().await.expect("the first leader goes away");
+
+    let report = db::tick_schedules_at(&t.pool, first, 100).await.expect("tick after");
+    assert_eq!((report.skipped, report.enqueued), (false, 1), "its slot was not enqueued: now it is");
+    let mut leader = t.pool.begin().await.expect("begin");
+    assert_eq!(db::tick_schedules_at(&mut *leader, first, 100).await.expect("tick").enqueued, 0);
+    leader.commit().await.expect("commit");
+    assert_eq!(runs_of(&t, id).await.len(), 1, "one run for the slot");
 }

@@ -75,7 +75,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pool = connect(&settings, "runlane-schedules").await?;
     match args.action {
         Action::Add { name, template, cron, tz, lane, priority, params, json } => {
-            let new = NewSchedule { name, template, cron, time_zone: Some(tz), params: parse_params(&params)?, lane, priority };
+            let new = NewSchedule {
+                name,
+                template,
+                cron,
+                time_zone: Some(tz),
+                params: parse_params(&params)?,
+                lane,
+                priority,
+            };
             db::add_schedule(&pool, &new).await?;
             let detail = detail(&pool, &new.name).await?;
             if json {
@@ -140,7 +148,10 @@ fn print_table(schedules: &[ScheduleRecord]) {
         println!("no schedules");
         return;
     }
-    println!("{:<24} {:<8} {:<22} {:<18} {:<20} {:<5} NEXT DUE", "NAME", "STATE", "CRON", "TIME ZONE", "TEMPLATE", "LANE");
+    println!(
+        "{:<24} {:<8} {:<22} {:<18} {:<20} {:<5} NEXT DUE",
+        "NAME", "STATE", "CRON", "TIME ZONE", "TEMPLATE", "LANE"
+    );
     for s in schedules {
         println!(
             "{:<24} {:<8} {:<22} {:<18} {:<20} {:<5} {}",
