@@ -114,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("schedule {name} paused");
         }
         Action::Resume { name } => match db::resume_schedule(&pool, &name).await? {
-            Some(next) => println!("schedule {name} resumed; next slot {}", next.to_rfc3339()),
+            Some(next) => println!("schedule {name} resumed; next slot {}", time(Some(next))),
             None => println!("schedule {name} resumed; its expression has no later slot"),
         },
         Action::Rm { name } => {
@@ -140,7 +140,12 @@ fn state(s: &ScheduleRecord) -> &'static str {
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map_or_else(|| "-".into(), |t| t.to_rfc3339())
+    t.map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The next due slot, which means nothing while the schedule is paused.
+fn next_due(s: &ScheduleRecord) -> String {
+    if s.enabled { time(s.next_due) } else { "(paused)".into() }
 }
 
 fn print_table(schedules: &[ScheduleRecord]) {
@@ -161,7 +166,7 @@ fn print_table(schedules: &[ScheduleRecord]) {
             s.time_zone,
             s.template,
             s.lane.as_deref().unwrap_or("-"),
-            time(s.next_due)
+            next_due(s)
         );
     }
 }
@@ -172,15 +177,15 @@ fn print_detail(d: &ScheduleDetail) {
     println!("state      {}", state(s));
     if let Some(at) = s.paused_at {
         let reason = s.pause_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        println!("paused     {} by {}{reason}", at.to_rfc3339(), s.paused_by.as_deref().unwrap_or("?"));
+        println!("paused     {} by {}{reason}", time(Some(at)), s.paused_by.as_deref().unwrap_or("?"));
     }
     println!("cron       {} ({})", s.cron, s.time_zone);
     println!("template   {}", s.template);
     println!("params     {}", s.params);
     println!("lane       {}", or_default(s.lane.clone()));
     println!("priority   {}", or_default(s.priority.map(|p| p.to_string())));
-    println!("created    {} by {}", s.created_at.to_rfc3339(), s.created_by);
-    println!("next due   {}", time(s.next_due));
+    println!("created    {} by {}", time(Some(s.created_at)), s.created_by);
+    println!("next due   {}", next_due(s));
     let run = s.last_run_id.map(|r| format!(" (run {r})")).unwrap_or_default();
     println!("last slot  {}{run}", time(s.last_slot));
     if let Some(e) = &s.last_error {
