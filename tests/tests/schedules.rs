@@ -80,6 +80,21 @@ async fn a_ten_minute_outage_enqueues_one_catch_up_run_that_counts_the_missed_sl
     let s = db::get_schedule(&t.pool, "beat").await.expect("schedule");
     assert_eq!(s.next_due, Some(back + Duration::seconds(1)));
     assert_eq!((s.last_slot, s.last_run_id), (Some(back), Some(runs[1].2)));
+    db::remove_schedule(&t.pool, "beat").await.expect("remove");
+
+    // Every minute: enqueued at 10:00, ticked again at 10:10:30 → the 10:10 slot, 10:01 to 10:09 missed.
+    let minutely = NewSchedule { name: "minutely".into(), cron: "* * * * *".into(), ..every_second("") };
+    let id = db::add_schedule(&t.pool, &minutely).await.expect("add");
+    let first = db::get_schedule(&t.pool, "minutely").await.expect("schedule").next_due.expect("a first slot");
+    assert_eq!(db::tick_schedules_at(&t.pool, first, 100).await.expect("tick").enqueued, 1);
+    let report = db::tick_schedules_at(&t.pool, first + Duration::seconds(630), 100).await.expect("tick");
+    assert_eq!((report.enqueued, report.missed), (1, 9), "{report:?}");
+    let runs = runs_of(&t, id).await;
+    assert_eq!(runs.iter().map(|r| r.1).collect::<Vec<_>>(), vec![first, first + Duration::minutes(10)]);
+    let events = caught_up(&t, runs[1].2).await;
+    let data = events[0].data.as_ref().expect("data");
+    assert_eq!(data["from"].as_str().map(at), Some(first + Duration::minutes(1)));
+    assert_eq!(data["to"].as_str().map(at), Some(first + Duration::minutes(9)));
 }
 
 #[tokio::test]
