@@ -561,12 +561,14 @@ $$;
 -- enqueues its newest due slot through enqueue_run (idempotency key: schedule id and slot) and moves
 -- next_due past p_now. Slots passed over are recorded on that run in a `run.caught_up` event. A slot
 -- enqueue_run refuses (the template changed since) is recorded on the schedule (last_error) and the
--- schedule moves on. One tick runs at a time: pg_try_advisory_xact_lock, else {"skipped": true}.
+-- schedule moves on; one whose slots cannot be computed at all is paused, saying why, so it cannot
+-- stall the others. One tick runs at a time: pg_try_advisory_xact_lock, else {"skipped": true}.
 CREATE FUNCTION runlane.tick_schedules_at(p_now timestamptz, p_limit integer DEFAULT 100) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = runlane, pg_temp AS $$
 DECLARE
     s schedules;
     n record;
+    slot timestamptz;
     key text;
     run uuid;
     seen integer := 0;
@@ -582,29 +584,39 @@ BEGIN
     FOR s IN SELECT * FROM schedules WHERE enabled AND next_due <= p_now
              ORDER BY next_due LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
         seen := seen + 1;
-        SELECT * INTO n FROM newest_slot(s.spec, s.time_zone, s.next_due, p_now);
-        key := schedule_key(s.id, n.slot);
+        slot := NULL;
         BEGIN
+            SELECT * INTO n FROM newest_slot(s.spec, s.time_zone, s.next_due, p_now);
+            slot := n.slot;
+            key := schedule_key(s.id, slot);
             SELECT id INTO run FROM runs WHERE idempotency_key = key;
             IF NOT FOUND THEN
-                run := enqueue_run(s.template, s.params, s.lane, s.priority, n.slot, key, NULL);
+                run := enqueue_run(s.template, s.params, s.lane, s.priority, slot, key, NULL);
                 enqueued := enqueued + 1;
                 IF n.missed > 0 THEN
                     PERFORM add_event(run, 'run.caught_up', jsonb_build_object(
-                        'schedule', s.name, 'slot', n.slot, 'missed', n.missed, 'from', n.first_missed,
+                        'schedule', s.name, 'slot', slot, 'missed', n.missed, 'from', n.first_missed,
                         'to', n.last_missed) || CASE WHEN n.exact THEN '{}' ELSE '{"at_least": true}' END::jsonb);
                     caught_up := caught_up + 1;
                     missed := missed + n.missed;
                 END IF;
             END IF;
-            UPDATE schedules SET next_due = cron_next(s.spec, s.time_zone, n.slot), last_slot = n.slot,
+            UPDATE schedules SET next_due = cron_next(s.spec, s.time_zone, slot), last_slot = slot,
                                  last_run_id = run, last_enqueued_at = now()
             WHERE id = s.id;
         EXCEPTION WHEN OTHERS THEN
-            UPDATE schedules SET next_due = cron_next(s.spec, s.time_zone, n.slot), last_slot = n.slot,
-                                 last_error = SQLERRM, last_error_at = now()
-            WHERE id = s.id;
-            failed := failed || jsonb_build_object('schedule', s.name, 'slot', n.slot, 'error', SQLERRM);
+            IF slot IS NULL THEN
+                UPDATE schedules SET enabled = false, paused_at = now(), paused_by = 'runlane',
+                                     pause_reason = 'its slots cannot be computed: ' || SQLERRM,
+                                     last_error = SQLERRM, last_error_at = now()
+                WHERE id = s.id;
+            ELSE
+                UPDATE schedules SET next_due = cron_next(s.spec, s.time_zone, slot), last_slot = slot,
+                                     last_error = SQLERRM, last_error_at = now()
+                WHERE id = s.id;
+            END IF;
+            failed := failed || jsonb_build_object('schedule', s.name, 'slot', coalesce(slot, s.next_due),
+                                                   'error', SQLERRM);
         END;
     END LOOP;
     RETURN jsonb_build_object('skipped', false, 'enqueued', enqueued, 'caught_up', caught_up, 'missed', missed,

@@ -232,6 +232,31 @@ async fn a_slot_the_template_no_longer_accepts_is_recorded_on_the_schedule_and_t
     assert_eq!(t.count("SELECT count(*) FROM runlane.runs").await, 0);
 }
 
+#[tokio::test]
+async fn a_schedule_whose_slots_cannot_be_computed_is_paused_and_does_not_stall_the_others() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    db::add_schedule(&t.pool, &every_second("broken")).await.expect("add");
+    db::add_schedule(&t.pool, &every_second("fine")).await.expect("add");
+    // A zone the time zone database no longer has (as after an upgrade that dropped it).
+    sqlx::query("UPDATE runlane.schedules SET time_zone = 'Atlantis/Capital' WHERE name = 'broken'")
+        .execute(&t.pool)
+        .await
+        .expect("break it");
+    let due: DateTime<Utc> =
+        sqlx::query_scalar("SELECT max(next_due) FROM runlane.schedules").fetch_one(&t.pool).await.expect("due");
+    let report = db::tick_schedules_at(&t.pool, due, 100).await.expect("tick");
+    assert_eq!(report.enqueued, 1, "the other schedule's slot: {report:?}");
+    assert_eq!(report.failed.iter().map(|f| f.schedule.as_str()).collect::<Vec<_>>(), ["broken"]);
+    let broken = db::get_schedule(&t.pool, "broken").await.expect("schedule");
+    assert!(!broken.enabled, "paused");
+    let reason = broken.pause_reason.expect("why");
+    assert!(reason.contains("its slots cannot be computed") && reason.contains("Atlantis/Capital"), "{reason}");
+    assert_eq!(broken.paused_by.as_deref(), Some("runlane"));
+    let again = db::tick_schedules_at(&t.pool, due + Duration::seconds(1), 100).await.expect("tick");
+    assert!(again.failed.is_empty(), "{again:?}");
+}
+
 /// Runs `sql` as `role` on a fresh connection; the SQLSTATE of its error, or None.
 async fn as_role(t: &TestDb, role: &str, sql: &str) -> Option<String> {
     let mut conn = PgConnection::connect(&t.url).await.expect("connect");
