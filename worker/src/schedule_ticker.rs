@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 /// until it commits they still look due.
 const AFTER_SKIPPED: Duration = Duration::from_millis(100);
 
+/// The longest a tick may take before the ticker gives it up and tries again.
+const TICK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Ticks until `stop`.
 pub async fn run(pool: PgPool, settings: SweeperSettings, metrics: Arc<Metrics>, stop: CancellationToken) {
     let longest = Duration::from_millis(settings.interval_ms);
@@ -45,8 +48,9 @@ pub fn pause_after(report: &TickReport, longest: Duration) -> Duration {
 
 /// One tick; None when it failed (logged).
 async fn tick_once(pool: &PgPool, metrics: &Metrics, limit: Duration) -> Option<TickReport> {
-    // A tick that hangs on a dead connection must not stall the loop.
-    match tokio::time::timeout(limit.max(Duration::from_secs(5)), db::tick_schedules(pool)).await {
+    // A tick that hangs on a dead connection must not stall the loop; one catching up on many
+    // schedules after a long outage takes a while (each slot found costs microseconds).
+    match tokio::time::timeout(limit.max(TICK_TIMEOUT), db::tick_schedules(pool)).await {
         Ok(Ok(report)) => {
             metrics.ticked(&report);
             if report.caught_up > 0 {
