@@ -403,7 +403,7 @@ BEGIN
     BEGIN
         PERFORM enqueue_run(p_template, coalesce(p_params, '{}'), p_lane, p_priority, NULL, NULL, NULL);
         RAISE EXCEPTION 'checked' USING ERRCODE = 'RL200';
-    EXCEPTION WHEN SQLSTATE 'RL200' THEN  -- not RLx000: that would match the whole RL class
+    EXCEPTION WHEN SQLSTATE 'RL200' THEN  -- not RL000: a code ending in 000 catches its whole class
         NULL;  -- enqueue_run accepted it; the trial run is rolled back
     END;
     INSERT INTO schedules (name, template, params, lane, priority, cron, time_zone, spec, next_due)
