@@ -30,6 +30,8 @@ enum Command {
     Tail(commands::tail::Args),
     /// List lanes; pause or resume one; stop the fleet (pause all, optionally cancel what runs)
     Lanes(commands::lanes::Args),
+    /// Recurring runs: add, list, show, pause, resume, rm
+    Schedules(commands::schedules::Args),
     /// One sweeper pass now
     Sweep(commands::sweep::Args),
     /// Measure throughput and latencies on a throwaway PostgreSQL
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => commands::enqueue::run(args).await,
             Command::Tail(args) => commands::tail::run(args).await,
             Command::Lanes(args) => commands::lanes::run(args).await,
+            Command::Schedules(args) => commands::schedules::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,

@@ -202,13 +202,16 @@ impl Default for DockerSettings {
     }
 }
 
-/// Whether and how often this process sweeps. What a pass does (retention, worker timeout, deadline
-/// slack) is the fleet's policy, kept in the database and set by its owner (`runlane sweep --retention-s …`).
+/// Whether and how often this process sweeps (and enqueues schedules' due slots). What a pass does
+/// (retention, worker timeout, deadline slack) is the fleet's policy, kept in the database and set by
+/// its owner (`runlane sweep --retention-s …`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperSettings {
     pub enabled: bool,
     /// Between sweeper passes (requeue expired leases, deadlines, promote due runs, silent workers).
+    /// Also the longest the schedule ticker sleeps (it wakes when the next slot is due), so a
+    /// schedule added meanwhile is seen within it.
     pub interval_ms: u64,
     /// Between prunes of finished runs past the retention (and of the objects of their artifacts).
     pub prune_interval_ms: u64,

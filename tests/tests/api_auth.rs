@@ -59,7 +59,11 @@ fn allowed(method: &str, path: &str) -> &'static [&'static str] {
         | ("post", "/v1/lanes/{lane}/pause")
         | ("post", "/v1/lanes/{lane}/resume")
         | ("post", "/v1/lanes/stop")
-        | ("put", "/v1/templates/{name}") => &["operator"],
+        | ("put", "/v1/templates/{name}")
+        | ("post", "/v1/schedules")
+        | ("post", "/v1/schedules/{name}/pause")
+        | ("post", "/v1/schedules/{name}/resume")
+        | ("delete", "/v1/schedules/{name}") => &["operator"],
         ("get", _) if !matches!(path, "/v1/notices" | "/v1/fleet") => READ,
         _ => &["worker"],
     }

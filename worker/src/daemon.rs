@@ -9,7 +9,7 @@ use crate::executors::shell::ShellExecutor;
 use crate::metrics::Metrics;
 use crate::run_task::{Executors, Shared};
 use crate::worker::{Capacity, Shutdown, Worker};
-use crate::{containers, health, sweeper};
+use crate::{containers, health, schedule_ticker, sweeper};
 use runlane_core::artifacts::ArtifactStore;
 use runlane_core::broker::{Broker, PgBroker};
 use runlane_core::model::WorkerId;
@@ -96,6 +96,8 @@ impl Daemon {
             tokio::spawn(reap_loop(docker, broker, fleet, every, stopped.clone()));
         }
         if let Some((pool, store)) = sweeper.filter(|_| settings.sweeper.enabled) {
+            let ticker = schedule_ticker::run(pool.clone(), settings.sweeper.clone(), metrics.clone(), stopped.clone());
+            tokio::spawn(ticker);
             tokio::spawn(sweeper::run(pool, store, settings.sweeper.clone(), metrics.clone(), stopped.clone()));
         }
         let task = tokio::spawn(async move {

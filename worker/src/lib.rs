@@ -15,6 +15,7 @@
 //! - [`batcher`]: one per worker: many runs' writes in one `apply_ops` call and one commit.
 //! - [`http_broker`]: the `Broker` over the executor API, for workers without database credentials.
 //! - [`sweeper`]: the leader-only maintenance loop.
+//! - [`schedule_ticker`]: enqueues schedules' due slots, one tick at a time fleet-wide.
 //! - [`process_group`]: which processes of a step's group are still alive (/proc).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`]: the counters behind them.
 
@@ -30,6 +31,7 @@ pub mod output;
 pub mod process_group;
 pub mod run_task;
 pub mod run_writer;
+pub mod schedule_ticker;
 pub mod step_files;
 pub mod sweeper;
 pub mod worker;

@@ -39,6 +39,7 @@ impl Gauge {
 const BUCKETS: [f64; 10] = [0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0];
 const FINAL: [RunStatus; 4] = [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled, RunStatus::Queued];
 const SWEEP_ACTIONS: [&str; 6] = ["requeued", "cancelled", "crash_failed", "deadline_failed", "promoted", "pruned"];
+const SLOT_OUTCOMES: [&str; 3] = ["enqueued", "missed", "failed"];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -84,6 +85,9 @@ pub struct Metrics {
     pub events_dropped: Counter,
     pub sweeper_actions: [Counter; 6],
     pub sweeper_leader: Gauge,
+    /// Schedule slots this process's ticks enqueued, passed over (caught up by a newer slot's run)
+    /// and saw refused.
+    pub schedule_slots: [Counter; 3],
     /// 1 while the worker accepts claims (not draining).
     pub ready: Gauge,
     /// 1 while the queue answered the worker's last call about itself (its heartbeat or a claim).
@@ -133,6 +137,13 @@ impl Metrics {
 
     pub fn pruned(&self, report: &runlane_core::model::PruneReport) {
         self.sweeper_actions[5].add(report.pruned);
+    }
+
+    pub fn ticked(&self, report: &runlane_core::db::TickReport) {
+        let counts = [report.enqueued, report.missed, report.failed.len() as u64];
+        for (c, n) in self.schedule_slots.iter().zip(counts) {
+            c.add(n);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -240,6 +251,14 @@ impl Metrics {
         );
         for (c, action) in self.sweeper_actions.iter().zip(SWEEP_ACTIONS) {
             let _ = writeln!(out, "runlane_sweeper_actions_total{{action=\"{action}\"}} {}", c.get());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runlane_schedule_slots_total Schedule slots this process's ticks handled.\n\
+             # TYPE runlane_schedule_slots_total counter"
+        );
+        for (c, outcome) in self.schedule_slots.iter().zip(SLOT_OUTCOMES) {
+            let _ = writeln!(out, "runlane_schedule_slots_total{{outcome=\"{outcome}\"}} {}", c.get());
         }
         single(
             &mut out,

@@ -28,13 +28,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = state.artifacts.clone();
     let (addr, server) = runlane_executor_api::serve(state, &settings.api.listen, stop.clone()).await?;
     if settings.sweeper.enabled {
-        tokio::spawn(runlane_worker::sweeper::run(
-            pool,
-            store,
+        let metrics = Arc::new(Metrics::default());
+        tokio::spawn(runlane_worker::schedule_ticker::run(
+            pool.clone(),
             settings.sweeper.clone(),
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             stop.clone(),
         ));
+        tokio::spawn(runlane_worker::sweeper::run(pool, store, settings.sweeper.clone(), metrics, stop.clone()));
     }
     tracing::info!(%addr, "executor API listening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

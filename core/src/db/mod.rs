@@ -2,17 +2,20 @@
 //!
 //! Every SQL statement of the queue lives in this module (`queries` for the queue functions,
 //! `reads` for what operators read, `templates` for checking, applying and showing templates, `lanes`
-//! for pausing lanes and stopping the fleet); only `runlane bench` runs its own, on its measuring
-//! tables. Functions take `impl PgExecutor` so the caller decides the transaction.
+//! for pausing lanes and stopping the fleet, `schedules` for recurring runs); only `runlane bench` runs
+//! its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
+//! transaction.
 
 mod lanes;
 mod queries;
 mod reads;
+mod schedules;
 mod templates;
 
 pub use lanes::*;
 pub use queries::*;
 pub use reads::*;
+pub use schedules::*;
 pub use templates::*;
 
 use crate::error::{Error, Result};

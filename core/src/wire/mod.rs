@@ -6,8 +6,8 @@
 //!
 //! Records of [`model`](crate::model) and [`ops`](crate::ops) that already are the JSON of a route
 //! travel as they are: `WorkerRegistration`, `WorkerUpdate`, `ClaimedRun`, `HeartbeatReply`,
-//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`, and of [`lanes`](crate::lanes)
-//! `LanePause`, `FleetStop`, `LaneEvent`. The structs here wrap them
+//! `RunOps`, `OpOutcome`, `Event`, `RunRecord`, `LaneStats`, `ScheduleRecord`, and of
+//! [`lanes`](crate::lanes) `LanePause`, `FleetStop`, `LaneEvent`. The structs here wrap them
 //! (`{"runs": […]}`), or say what the routes take that the queue's calls do not (lane names as
 //! operators type them, a params default).
 //!
@@ -16,13 +16,16 @@
 //! - [`work`]: what workers send and read: registration, claims, leases, batches, uploads.
 //! - [`meta`]: workers, lanes and templates as operators list them; pausing lanes, stopping the
 //!   fleet; health.
+//! - [`schedules`]: schedules added, listed, shown with their next slots, paused.
 
 mod meta;
 mod runs;
+mod schedules;
 mod work;
 
 pub use meta::*;
 pub use runs::*;
+pub use schedules::*;
 pub use work::*;
 
 use schemars::JsonSchema;

@@ -7,10 +7,11 @@ pub mod events;
 pub mod lanes;
 pub mod meta;
 pub mod runs;
+pub mod schedules;
 pub mod work;
 
 use crate::state::AppState;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use runlane_core::lanes::{FleetStop, LanePause};
 use runlane_core::model::{HeartbeatReply, WorkerRegistration};
 use runlane_core::wire::*;
@@ -142,6 +143,14 @@ pub fn table() -> Vec<Route> {
             query params::<LaneHistoryQuery>(), Empty => 200 json::<LaneHistory>(), lanes::history),
         route!(get "/v1/templates", Bearer, "The newest version of every template (viewer, operator)", query NONE, Empty => 200 json::<TemplateList>(), meta::templates),
         route!(put "/v1/templates/{name}", Bearer, "Apply a template (operator)", query NONE, json::<TemplateSpec>() => 200 json::<TemplateApplied>(), meta::apply_template),
+        route!(post "/v1/schedules", Bearer, "Add a schedule: a template enqueued at every slot of a cron expression in a time zone (operator)",
+            query NONE, json::<ScheduleCreate>() => 201 json::<ScheduleDetail>(), schedules::create),
+        route!(get "/v1/schedules", Bearer, "List schedules (viewer, operator)", query NONE, Empty => 200 json::<ScheduleList>(), schedules::list),
+        route!(get "/v1/schedules/{name}", Bearer, "A schedule with its next slots (viewer, operator)", query NONE, Empty => 200 json::<ScheduleDetail>(), schedules::show),
+        route!(post "/v1/schedules/{name}/pause", Bearer, "Pause a schedule (operator)", query NONE,
+            optional_json::<SchedulePause>() => 200 json::<ScheduleDetail>(), schedules::pause),
+        route!(post "/v1/schedules/{name}/resume", Bearer, "Resume a schedule from its next slot after now (operator)", query NONE, Empty => 200 json::<ScheduleDetail>(), schedules::resume),
+        route!(delete "/v1/schedules/{name}", Bearer, "Remove a schedule; the runs it enqueued stay (operator)", query NONE, Empty => 204 Empty, schedules::remove),
         route!(get "/healthz", Public, "The database answered within the liveness bound (503 otherwise)", query NONE, Empty => 200 json::<Live>(), meta::healthz),
         route!(get "/readyz", Public, "The database answers and its schema is current", query NONE, Empty => 200 json::<Ready>(), meta::readyz),
         route!(get "/metrics", Public, "Prometheus metrics", query NONE, Empty => 200 Text, meta::metrics),
