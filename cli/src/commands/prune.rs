@@ -5,6 +5,7 @@
 //! Workers and the API prune by themselves; this is for operators and cron.
 
 use super::common::{ConfigArgs, connect, duration};
+use chrono::SecondsFormat;
 use runlane_core::db;
 use runlane_core::model::PruneReport;
 use runlane_core::retention::{PrunePreview, prune_until_done};
@@ -47,7 +48,7 @@ fn print_preview(p: &PrunePreview) {
     let fleet = duration(p.fleet_retention_s.saturating_mul(1000));
     println!(
         "as of {}, the fleet keeps finished runs {fleet} unless their template says otherwise",
-        p.as_of.to_rfc3339()
+        p.as_of.to_rfc3339_opts(SecondsFormat::Secs, true)
     );
     if p.templates.is_empty() {
         println!("no finished run is past its retention: a prune would delete no run");
@@ -69,7 +70,7 @@ fn print_preview(p: &PrunePreview) {
                 t.artifacts,
                 t.stored_objects,
                 t.stored_bytes,
-                t.oldest_finished_at.to_rfc3339()
+                t.oldest_finished_at.to_rfc3339_opts(SecondsFormat::Secs, true)
             );
         }
     }
