@@ -5,6 +5,7 @@
 //! Workers and the API prune by themselves; this is for operators and cron.
 
 use super::common::{ConfigArgs, connect, duration};
+use anyhow::Context;
 use chrono::SecondsFormat;
 use runlane_core::db;
 use runlane_core::model::PruneReport;
@@ -27,14 +28,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.config.load(Vec::new())?;
     let pool = connect(&settings, "runlane-prune").await?;
     if args.dry_run {
-        let preview = db::prune_preview(&pool, None, None).await?;
+        let preview = db::prune_preview(&pool, None, None)
+            .await
+            .context("previewing the prune (a viewer's or an operator's login)")?;
         if args.json {
             println!("{}", serde_json::to_string(&preview)?);
         } else {
             print_preview(&preview);
         }
     } else {
-        let report = prune_until_done(&pool).await?;
+        let report = prune_until_done(&pool)
+            .await
+            .context("pruning (an operator's or a worker's login; a viewer may only --dry-run)")?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
