@@ -32,8 +32,10 @@ enum Command {
     Lanes(commands::lanes::Args),
     /// Recurring runs: add, list, show, pause, resume, rm
     Schedules(commands::schedules::Args),
-    /// One sweeper pass now
+    /// Sweeper passes now (expired leases, deadlines, due runs, silent workers), then a prune
     Sweep(commands::sweep::Args),
+    /// Delete finished runs past their retention (the template's, else the fleet's); --dry-run shows what would go
+    Prune(commands::prune::Args),
     /// Measure throughput and latencies on a throwaway PostgreSQL
     Bench(commands::bench::Args),
     /// Apply the embedded schema migrations (idempotent; refuses a newer schema)
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
             Command::Lanes(args) => commands::lanes::run(args).await,
             Command::Schedules(args) => commands::schedules::run(args).await,
             Command::Sweep(args) => commands::sweep::run(args).await,
+            Command::Prune(args) => commands::prune::run(args).await,
             Command::Bench(args) => commands::bench::run(args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,
         }

@@ -19,6 +19,7 @@
 //! - [`settings`]: the layered, validated settings of every process.
 //! - [`steps`]: the step DSL (shell, docker, http, noop) and `${{ params.x }}` substitution.
 //! - [`render`]: params filled into each kind of step, for the worker and for dry runs.
+//! - [`retention`]: pruning finished runs past their retention (the template's, else the fleet's), and its preview.
 //! - [`templates`]: template files (YAML) parsed and checked before they are applied.
 //! - [`local_pg`]: a throwaway PostgreSQL cluster from the `initdb`/`pg_ctl` on PATH (demo and tests).
 
@@ -34,6 +35,7 @@ pub mod model;
 pub mod notices;
 pub mod ops;
 pub mod render;
+pub mod retention;
 pub mod settings;
 pub mod steps;
 pub mod templates;

@@ -428,13 +428,27 @@ pub struct SweepReport {
     pub more: bool,
 }
 
-/// What one prune did.
+/// What one prune did (or, summed with [`PruneReport::add`], a series of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneReport {
     /// Another pruner held the lock; nothing was done.
     pub skipped: bool,
+    /// Finished runs deleted (each past its template's retention, or the fleet's).
     #[serde(default)]
     pub pruned: u64,
+    /// The pruned runs' events, steps and artifacts (rows).
+    #[serde(default)]
+    pub events_pruned: u64,
+    #[serde(default)]
+    pub steps_pruned: u64,
+    #[serde(default)]
+    pub artifacts_pruned: u64,
+    /// Objects of pruned artifacts handed over for deletion from the object store (and their bytes):
+    /// the next prune round of a process holding the store deletes them.
+    #[serde(default)]
+    pub stored_objects: u64,
+    #[serde(default)]
+    pub stored_bytes: u64,
     #[serde(default)]
     pub workers_pruned: u64,
     #[serde(default)]
@@ -442,6 +456,22 @@ pub struct PruneReport {
     /// More runs are past the retention than one prune takes.
     #[serde(default)]
     pub more: bool,
+}
+
+impl PruneReport {
+    /// Adds what another call deleted; `skipped` and `more` become the other call's.
+    pub fn add(&mut self, other: &PruneReport) {
+        self.skipped = other.skipped;
+        self.more = other.more;
+        self.pruned += other.pruned;
+        self.events_pruned += other.events_pruned;
+        self.steps_pruned += other.steps_pruned;
+        self.artifacts_pruned += other.artifacts_pruned;
+        self.stored_objects += other.stored_objects;
+        self.stored_bytes += other.stored_bytes;
+        self.workers_pruned += other.workers_pruned;
+        self.sessions_pruned += other.sessions_pruned;
+    }
 }
 
 /// A run as operators see it (`runlane show`, the API).

@@ -7,7 +7,7 @@
 
 -- The retry policy's shape and the retention, per template version. The defaults are what every
 -- retry did before (doubling, at most an hour, up to 25% extra). NULL retention: the fleet's (pruning
--- by it is not done yet: see docs/TEMPLATES.md).
+-- by it: 0020).
 ALTER TABLE runlane.run_templates
     ADD COLUMN backoff_multiplier float8 NOT NULL DEFAULT 2 CHECK (backoff_multiplier BETWEEN 1 AND 10),
     ADD COLUMN backoff_max_ms integer NOT NULL DEFAULT 3600000 CHECK (backoff_max_ms BETWEEN 0 AND 604800000),

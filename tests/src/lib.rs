@@ -14,6 +14,7 @@
 //! - [`proxy`]: a TCP proxy a test can cut, between a worker and its queue (PostgreSQL or the API).
 //! - [`recording`]: a broker in memory that records every call and answers as scripted (the
 //!   batcher, a run's writer and lease keeping under tokio's paused clock).
+//! - [`retention`]: finished runs of a known age with artifacts in a real store (retention tests).
 //! - [`templates`]: a bad value of every template policy field, with the problem it must be named by.
 //! - `tests/`: one file per area (queue contract, executors …).
 
@@ -24,6 +25,7 @@ pub mod params_cases;
 pub mod process;
 pub mod proxy;
 pub mod recording;
+pub mod retention;
 pub mod templates;
 
 use runlane_core::artifacts::ArtifactStore;

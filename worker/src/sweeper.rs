@@ -3,8 +3,8 @@
 //! the others return "skipped" at once. Leadership is per pass rather than a session lock held for
 //! hours, so a leader cut off from the database (whose session would keep such a lock until TCP gave
 //! up) never stops the fleet from sweeping. A pass does bounded work; when it says there is more,
-//! the next one follows at once. Pruning (finished runs past the retention, then the stored bytes of
-//! their artifacts) runs on its own, longer interval. What both do follows the fleet's policy, kept
+//! the next one follows at once. Pruning (finished runs past their retention — their template's, else
+//! the fleet's — then the stored bytes of their artifacts) runs on its own, longer interval. What both do follows the fleet's policy, kept
 //! in the database.
 
 use crate::metrics::Metrics;

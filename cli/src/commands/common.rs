@@ -44,3 +44,26 @@ pub async fn connect(settings: &Settings, application_name: &str) -> anyhow::Res
     db::check_schema(&pool).await?;
     Ok(pool)
 }
+
+/// Milliseconds in the largest whole unit: 90s, 10m, 1h, 7d, 250ms.
+pub fn duration(ms: i64) -> String {
+    match ms {
+        0 => "0".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_their_largest_whole_unit() {
+        let got: Vec<String> = [0, 250, 1_500, 90_000, 600_000, 3_600_000, 604_800_000].map(duration).to_vec();
+        assert_eq!(got, ["0", "250ms", "1500ms", "90s", "10m", "1h", "7d"]);
+    }
+}

@@ -8,6 +8,7 @@ pub mod enqueue;
 pub mod enqueue_batch;
 pub mod lanes;
 pub mod migrate;
+pub mod prune;
 pub mod schedules;
 pub mod sweep;
 pub mod tail;

@@ -1,11 +1,12 @@
 //! `runlane sweep`: sweeper passes now (requeue expired leases, enforce deadlines, promote due runs,
-//! mark silent workers gone) until nothing is left, then a prune (finished runs past the retention),
-//! by the fleet's policy. Workers sweep by themselves; this is for operators and cron. With policy
-//! flags (the database owner's), changes the policy instead.
+//! mark silent workers gone) until nothing is left, then a prune (finished runs past their retention,
+//! as `runlane prune`), by the fleet's policy. Workers sweep by themselves; this is for operators and
+//! cron. With policy flags (the database owner's), changes the policy instead.
 
 use super::common::{ConfigArgs, connect};
 use runlane_core::db;
 use runlane_core::model::{SweepPolicyChange, SweepReport};
+use runlane_core::retention::prune_until_done;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -70,14 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    let mut pruned = 0;
-    loop {
-        let p = db::prune(&pool).await?;
-        pruned += p.pruned;
-        if p.skipped || !p.more {
-            break;
-        }
-    }
+    let pruned = prune_until_done(&pool).await?.pruned;
     if args.json {
         let mut v = serde_json::to_value(&total)?;
         v["pruned"] = serde_json::json!(pruned);

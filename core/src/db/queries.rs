@@ -367,6 +367,22 @@ pub async fn prune_at(ex: impl PgExecutor<'_>, opts: &PruneOptions) -> Result<Pr
     Ok(report.0)
 }
 
+/// What pruning as of `now` (None: now) would delete, with `retention_s` in place of the fleet's
+/// retention when given; writes nothing. Viewers and operators may ask.
+pub async fn prune_preview(
+    ex: impl PgExecutor<'_>,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+    retention_s: Option<u64>,
+) -> Result<crate::retention::PrunePreview> {
+    let preview: sqlx::types::Json<crate::retention::PrunePreview> =
+        sqlx::query_scalar("SELECT runlane.prune_preview($1, $2::interval)")
+            .bind(now)
+            .bind(retention_s.map(seconds))
+            .fetch_one(ex)
+            .await?;
+    Ok(preview.0)
+}
+
 fn seconds(s: u64) -> String {
     format!("{s} seconds")
 }
