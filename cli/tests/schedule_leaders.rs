@@ -45,13 +45,27 @@ async fn racer(url: String, stop: CancellationToken) -> (u64, u64) {
     (ran, skipped)
 }
 
-/// Runs of the schedule: (idempotency key, slot, run id), by slot.
+/// Runs of the schedule: (idempotency key, slot, run id), by slot. The slot is read from the key, not
+/// from `run_at`: a run whose worker lost PostgreSQL mid-run is handed back and queued again with a
+/// new `run_at`, while its key keeps naming its slot.
 async fn runs_of(pool: &PgPool, id: uuid::Uuid) -> Option<Vec<(String, DateTime<Utc>, RunId)>> {
-    sqlx::query_as("SELECT idempotency_key, run_at, id FROM runlane.runs WHERE idempotency_key LIKE $1 ORDER BY run_at")
-        .bind(format!("schedule:{id}:%"))
-        .fetch_all(pool)
-        .await
-        .ok()
+    let prefix = format!("schedule:{id}:");
+    let rows: Vec<(String, RunId)> =
+        sqlx::query_as("SELECT idempotency_key, id FROM runlane.runs WHERE idempotency_key LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_all(pool)
+            .await
+            .ok()?;
+    let mut runs: Vec<_> = rows
+        .into_iter()
+        .map(|(key, run)| {
+            let slot =
+                key.strip_prefix(&prefix).and_then(|s| s.parse::<DateTime<Utc>>().ok()).expect("a slot in the key");
+            (key, slot, run)
+        })
+        .collect();
+    runs.sort_by_key(|(_, slot, _)| *slot);
+    Some(runs)
 }
 
 async fn now(pool: &PgPool) -> Option<DateTime<Utc>> {
