@@ -35,7 +35,8 @@ async fn operators_set_a_lanes_aging_and_every_token_sees_it() {
     assert_eq!(set, json!({"lane": "B", "aging_ms_per_point": 1000, "rekeyed": 1}));
     for tok in [&viewer, &worker, &operator] {
         let list = lanes(&api, tok).await;
-        let rates: Vec<&Value> = list["lanes"].as_array().expect("lanes").iter().map(|l| &l["aging_ms_per_point"]).collect();
+        let rates: Vec<&Value> =
+            list["lanes"].as_array().expect("lanes").iter().map(|l| &l["aging_ms_per_point"]).collect();
         assert_eq!(rates, [&Value::Null, &json!(1000), &Value::Null, &Value::Null]);
     }
 
