@@ -1,4 +1,5 @@
-//! Who may set a lane's aging, what values it takes, and how a change meets enqueues in flight.
+//! Who may set a lane's aging, what values it takes, how a change meets enqueues in flight, the oldest
+//! queued run of an aging lane, and the settings of the functions 0019 makes again.
 
 use runlane_core::model::Lane;
 use runlane_core::{Error, db};
@@ -133,4 +134,62 @@ async fn a_run_enqueued_while_the_rate_changes_never_keeps_the_old_one() {
     tx.rollback().await.expect("rollback");
     let stats = db::lane_stats(&t.pool).await.expect("lane stats");
     assert_eq!(stats[0].aging_ms_per_point, Some(700), "the refused change changed nothing");
+}
+
+/// lane_stats' oldest queued run, whether the lane ages its runs or not, or holds both kinds (only a
+/// direct write can make that): the run that has waited longest, wherever it stands in line.
+#[tokio::test]
+async fn the_oldest_queued_run_is_found_with_and_without_aging() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    let ages: Vec<(i32, i64)> =
+        (0..60_i32).map(|i| ((i * 37) % 201 - 100, 3600 - i64::from((i * 53) % 3000))).collect();
+    for (priority, ago_s) in &ages {
+        sqlx::query("SELECT runlane.enqueue_run('noop', '{}', 'A', $1, now() - $2 * interval '1 second')")
+            .bind(priority)
+            .bind(ago_s)
+            .execute(&t.pool)
+            .await
+            .expect("enqueue");
+    }
+    let oldest = "SELECT runlane.oldest_queued('A') = (SELECT min(run_at) FROM runlane.runs WHERE lane = 'A')";
+    let exact = || async { sqlx::query_scalar::<_, bool>(oldest).fetch_one(&t.pool).await.expect("oldest") };
+    assert!(exact().await, "strict priority");
+    db::set_lane_aging(&t.pool, Lane::A, Some(1000)).await.expect("aging");
+    assert!(exact().await, "aging");
+    sqlx::query("UPDATE runlane.runs SET aging_ms_per_point = NULL WHERE lane = 'A' AND priority % 2 = 0")
+        .execute(&t.pool)
+        .await
+        .expect("mixed");
+    assert!(exact().await, "both kinds");
+    sqlx::query(
+        "UPDATE runlane.runs SET aging_ms_per_point = NULL WHERE run_at = (SELECT min(run_at) FROM runlane.runs)",
+    )
+    .execute(&t.pool)
+    .await
+    .expect("the oldest strict");
+    assert!(exact().await, "both kinds, the oldest strict");
+}
+
+/// CREATE OR REPLACE resets a function's settings: the functions 0019 makes again keep theirs.
+#[tokio::test]
+async fn the_replaced_functions_keep_their_planner_settings() {
+    let t = TestDb::new().await;
+    for (function, wanted) in [
+        ("claim_runs", &["jit=off", "plan_cache_mode=force_generic_plan"][..]),
+        ("lane_stats", &["jit=off"][..]),
+        ("enqueue_run", &["jit=off"][..]),
+        ("enqueue_runs", &["jit=off"][..]),
+    ] {
+        let config: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(proconfig, '{}') FROM pg_proc WHERE proname = $1 AND pronamespace = 'runlane'::regnamespace",
+        )
+        .bind(function)
+        .fetch_one(&t.pool)
+        .await
+        .expect("proconfig");
+        for w in wanted {
+            assert!(config.iter().any(|c| c == w), "{function}: {config:?} lacks {w}");
+        }
+    }
 }
