@@ -1,4 +1,4 @@
-//! `runlane lanes`: pause, resume, list and history from the command line; and the emergency stop
+//! `runlane lanes`: pause, resume, list, history and aging from the command line; and the emergency stop
 //! with `--cancel-running` against real worker processes (over PostgreSQL and over the executor
 //! API): every running run ends cancelled with its processes gone, the queued run waits in its
 //! paused lane, and a resume lets it run.
@@ -174,4 +174,40 @@ async fn emergency_stop_leaves_nothing_running(http: bool) {
     let stops =
         t.count("SELECT count(*) FROM runlane.lane_events WHERE action = 'stop' AND reason = 'incident 9'").await;
     assert_eq!(stops, 1, "the stop is recorded");
+}
+
+#[tokio::test]
+async fn lanes_aging_from_the_command_line() {
+    let t = TestDb::new().await;
+    t.apply_noop().await;
+    t.enqueue("noop", Lane::C).await;
+    let (ok, stdout, stderr) = lanes(&t, &["aging", "c", "--per-point", "1.5s"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "lane C ages its runs: one priority point per 1500ms of waiting; a priority -100 run is passed only by runs \
+         that became claimable less than 5m after it (1 waiting or running runs took the rate)"
+    );
+    let (_, text, _) = lanes(&t, &[]);
+    let c_line = text.lines().find(|l| l.starts_with("C ")).expect("lane C's line");
+    assert!(c_line.contains(" 1500ms/pt ") && c_line.ends_with("open"), "{text}");
+    assert!(text.lines().next().unwrap_or("").contains("AGING"), "{text}");
+    let (ok, stdout, _) = lanes(&t, &["--json"]);
+    assert!(ok);
+    assert_eq!(json_lines(&stdout)[2]["aging_ms_per_point"], json!(1500));
+
+    let (ok, stdout, _) = lanes(&t, &["aging", "C", "--off", "--json"]);
+    assert!(ok);
+    let off: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(off, json!({"lane": "C", "aging_ms_per_point": null, "rekeyed": 1}));
+    for (args, needle) in [
+        (&["aging", "C"][..], "--per-point"),
+        (&["aging", "C", "--per-point", "1s", "--off"][..], "cannot be used with"),
+        (&["aging", "C", "--per-point", "2d"][..], "not a duration"),
+        (&["aging", "C", "--per-point", "25h"][..], "out of range"),
+        (&["aging", "E", "--per-point", "1s"][..], "unknown lane 'E'"),
+    ] {
+        let (ok, _, stderr) = lanes(&t, args);
+        assert!(!ok && stderr.contains(needle), "{args:?}: {stderr}");
+    }
 }

@@ -516,6 +516,9 @@ pub struct LaneStats {
     pub paused_at: Option<DateTime<Utc>>,
     pub paused_by: Option<String>,
     pub pause_reason: Option<String>,
+    /// A waiting run gains one priority point every this many milliseconds (None: no aging, strict
+    /// priority). See `lanes::aging_bound_ms`.
+    pub aging_ms_per_point: Option<i32>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! Pausing and resuming lanes, the emergency stop, and the lane history.
+//! Pausing and resuming lanes, the emergency stop, the lane history, and a lane's priority aging.
 //!
 //! `token` is the executor API's token a call is made for (recorded as `token:NAME`); everyone else
 //! passes None and is recorded as their database login. Only the API's role may pass one.
 
 use crate::error::Result;
-use crate::lanes::{FleetStop, LaneEvent, LanePause};
+use crate::lanes::{FleetStop, LaneAging, LaneEvent, LanePause};
 use crate::model::Lane;
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -40,6 +40,16 @@ pub async fn stop_fleet(
         .bind(reason)
         .bind(cancel_running)
         .bind(token)
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Sets a lane's priority aging: one point every `ms_per_point` milliseconds (None: strict priority),
+/// given at once to the lane's scheduled, queued and running runs.
+pub async fn set_lane_aging(ex: impl PgExecutor<'_>, lane: Lane, ms_per_point: Option<i32>) -> Result<LaneAging> {
+    Ok(sqlx::query_as("SELECT * FROM runlane.set_lane_aging($1, $2)")
+        .bind(lane.as_str())
+        .bind(ms_per_point)
         .fetch_one(ex)
         .await?)
 }

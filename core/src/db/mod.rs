@@ -2,9 +2,9 @@
 //!
 //! Every SQL statement of the queue lives in this module (`queries` for the queue functions,
 //! `reads` for what operators read, `templates` for checking, applying and showing templates, `lanes`
-//! for pausing lanes and stopping the fleet, `schedules` for recurring runs); only `runlane bench` runs
-//! its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides the
-//! transaction.
+//! for pausing lanes, stopping the fleet and lane aging, `schedules` for recurring runs); only `runlane
+//! bench` runs its own, on its measuring tables. Functions take `impl PgExecutor` so the caller decides
+//! the transaction.
 
 mod lanes;
 mod queries;

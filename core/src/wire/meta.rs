@@ -53,6 +53,16 @@ pub struct LaneChange {
     pub reason: String,
 }
 
+/// `POST /v1/lanes/{lane}/aging`: how fast the lane's waiting runs gain priority, one point per
+/// `ms_per_point` milliseconds of waiting (1 to 86400000, a day); 0 turns aging off (strict priority,
+/// then first come). It applies at once to the lane's runs. The answer is a `LaneAging`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaneAgingChange {
+    #[schemars(range(min = 0, max = 86_400_000))]
+    pub ms_per_point: i32,
+}
+
 /// `POST /v1/lanes/stop`: the emergency stop. Every lane is paused; with `cancel_running`, every
 /// running run is asked to cancel. Queued runs stay queued. The answer is a `FleetStop`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

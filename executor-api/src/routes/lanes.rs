@@ -1,5 +1,6 @@
 //! Lanes paused and resumed, the fleet stopped, and the history of those. Each change is recorded
-//! under the token's name (`token:NAME`), by the same SQL functions `runlane lanes` calls.
+//! under the token's name (`token:NAME`), by the same SQL functions `runlane lanes` calls. And a
+//! lane's priority aging.
 
 use crate::auth::{Caller, Operator, Reader};
 use crate::error::{ApiError, ApiJson};
@@ -8,8 +9,8 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use runlane_core::db;
-use runlane_core::lanes::{FleetStop, LanePause};
-use runlane_core::wire::{FleetStopRequest, LaneChange, LaneHistory, LaneHistoryQuery};
+use runlane_core::lanes::{FleetStop, LaneAging, LanePause};
+use runlane_core::wire::{FleetStopRequest, LaneAgingChange, LaneChange, LaneHistory, LaneHistoryQuery};
 
 pub async fn pause(
     State(st): State<AppState>,
@@ -31,6 +32,18 @@ pub async fn resume(
     let lane = parse_lane(&lane)?;
     caller.may_use_lane(lane)?;
     Ok(Json(db::resume_lane(&st.pool, lane, &body.reason, Some(caller.token_id)).await?))
+}
+
+/// Sets the lane's priority aging (0: none); its runs take the rate at once.
+pub async fn aging(
+    State(st): State<AppState>,
+    Operator(caller): Operator,
+    Path(lane): Path<String>,
+    ApiJson(body): ApiJson<LaneAgingChange>,
+) -> Result<Json<LaneAging>, ApiError> {
+    let lane = parse_lane(&lane)?;
+    caller.may_use_lane(lane)?;
+    Ok(Json(db::set_lane_aging(&st.pool, lane, Some(body.ms_per_point)).await?))
 }
 
 /// The emergency stop concerns every lane: a token limited to some lanes may not make it.

@@ -12,7 +12,7 @@ pub mod work;
 
 use crate::state::AppState;
 use axum::routing::{MethodRouter, delete, get, post, put};
-use runlane_core::lanes::{FleetStop, LanePause};
+use runlane_core::lanes::{FleetStop, LaneAging, LanePause};
 use runlane_core::model::{HeartbeatReply, WorkerRegistration};
 use runlane_core::wire::*;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -132,11 +132,13 @@ pub fn table() -> Vec<Route> {
             query params::<ArtifactUploadQuery>(), Binary => 201 json::<ArtifactCreated>(), work::upload_artifact),
         route!(post "/v1/running-attempts", Bearer, "Which of these runs are running, in which attempt (worker)", query NONE, json::<RunIds>() => 200 json::<RunningAttempts>(), work::running_attempts),
         route!(get "/v1/fleet", Bearer, "This queue's fleet id (worker)", query NONE, Empty => 200 json::<Fleet>(), work::fleet),
-        route!(get "/v1/lanes", Bearer, "Lane depth, running, oldest queued age, and pauses (any token)", query NONE, Empty => 200 json::<LaneList>(), meta::lanes),
+        route!(get "/v1/lanes", Bearer, "Lane depth, running, oldest queued age, pauses and aging (any token)", query NONE, Empty => 200 json::<LaneList>(), meta::lanes),
         route!(post "/v1/lanes/{lane}/pause", Bearer, "Pause a lane: nothing more of it is claimed; running runs go on (operator)", query NONE,
             json::<LaneChange>() => 200 json::<LanePause>(), lanes::pause),
         route!(post "/v1/lanes/{lane}/resume", Bearer, "Resume a paused lane and wake its workers (operator)", query NONE,
             json::<LaneChange>() => 200 json::<LanePause>(), lanes::resume),
+        route!(post "/v1/lanes/{lane}/aging", Bearer, "Set a lane's priority aging: a waiting run gains one point per ms_per_point of waiting; 0 turns it off (operator)",
+            query NONE, json::<LaneAgingChange>() => 200 json::<LaneAging>(), lanes::aging),
         route!(post "/v1/lanes/stop", Bearer, "Emergency stop: pause every lane and, with cancel_running, cancel every running run (operator, every lane)",
             query NONE, json::<FleetStopRequest>() => 200 json::<FleetStop>(), lanes::stop),
         route!(get "/v1/lanes/history", Bearer, "Pauses, resumes and stops, newest first, with who and why (viewer, operator)",
