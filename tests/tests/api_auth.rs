@@ -59,6 +59,7 @@ fn allowed(method: &str, path: &str) -> &'static [&'static str] {
         | ("post", "/v1/lanes/{lane}/pause")
         | ("post", "/v1/lanes/{lane}/resume")
         | ("post", "/v1/lanes/stop")
+        | ("post", "/v1/lanes/{lane}/aging")
         | ("put", "/v1/templates/{name}")
         | ("post", "/v1/schedules")
         | ("post", "/v1/schedules/{name}/pause")

@@ -77,7 +77,9 @@ async fn pruning_reads_each_templates_expired_runs_not_the_runs_others_keep() {
     finished_runs(&t, "plain", 100_000, "1 day").await;
     finished_runs(&t, "monthly", 100_000, "10 days").await;
     sqlx::query("ANALYZE runlane.runs").execute(&t.pool).await.expect("analyze");
+    // ANALYZE invalidated both functions' cached plans: plan each again before measuring.
     cost(&t, prune).await;
+    cost(&t, preview).await;
     let kept = (cost(&t, prune).await, cost(&t, preview).await);
 
     assert_eq!(kept.0.answer["pruned"], 20, "{:?}", kept.0);
@@ -85,9 +87,10 @@ async fn pruning_reads_each_templates_expired_runs_not_the_runs_others_keep() {
     for (what, clean, kept) in [("prune", &clean.0, &kept.0), ("preview", &clean.1, &kept.1)] {
         assert!(kept.expiry_index_scans >= 1, "{what} probed the expiry index: {kept:?}");
         assert_eq!(kept.runs_seq_scans, 0, "{what} never scanned the table: {kept:?}");
-        // 200,000 kept runs fill thousands of pages; a call that walked them would show it.
+        // 200,000 kept runs fill thousands of pages; a call that walked them would show it. The margin
+        // covers catalog and index pages that differ from call to call on a busy machine.
         assert!(
-            kept.buffers <= clean.buffers + 40,
+            kept.buffers <= clean.buffers + 200,
             "{what} read {} buffers beside the kept runs, {} without them",
             kept.buffers,
             clean.buffers
