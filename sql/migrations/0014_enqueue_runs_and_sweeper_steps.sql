@@ -172,6 +172,7 @@ DECLARE
     late integer := 0;
     lane_name text;
     promoted_lanes text[];
+    due_ids uuid[];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('runlane.sweep')) THEN
         RETURN jsonb_build_object('skipped', true);
@@ -228,12 +229,16 @@ BEGIN
         timed_out := timed_out + 1;
     END LOOP;
 
-    -- Due scheduled runs join the queue; their lanes' workers are woken.
+    -- Due scheduled runs join the queue; their lanes' workers are woken. The due ids are picked (and
+    -- locked) first, then updated by primary key alone: written as one statement (`id IN (subquery)`,
+    -- a join with the picked ids, or a status test beside the ids), the planner, with statistics older
+    -- than a large backlog of future runs, walked every scheduled run (800,000 buffers a pass with
+    -- 200,000 of them, every second). The rows are locked, so their status cannot change meanwhile.
+    due_ids := ARRAY(SELECT id FROM runs WHERE status = 'scheduled' AND run_at <= p_now
+                     ORDER BY run_at LIMIT p_chunk FOR UPDATE SKIP LOCKED);
     WITH due AS (
         UPDATE runs SET status = 'queued'
-        WHERE id IN (SELECT id FROM runs WHERE status = 'scheduled' AND run_at <= p_now
-                     ORDER BY run_at LIMIT p_chunk FOR UPDATE SKIP LOCKED)
-          AND status = 'scheduled'
+        WHERE id = ANY (due_ids)
         RETURNING lane
     ), counted AS (
         INSERT INTO lane_counts (lane, status, n)
