@@ -1,14 +1,11 @@
 //! Retention: a finished run is kept for its template version's retention, or the fleet's where the
 //! template sets none; pruning then deletes it with its events, steps and artifacts, and hands the
 //! keys of its stored artifacts to whoever holds the object store. The SQL decides what has expired
-//! (`prune_at`, `prune_preview`); this module runs a prune to its end and describes a preview.
+//! (`prune_at`, `prune_preview`; `db::prune_until_done` runs a prune to its end); this module
+//! describes a preview.
 
-use crate::db;
-use crate::error::Result;
-use crate::model::PruneReport;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 /// What pruning would delete, written nowhere (`prune_preview`): the totals, then per template and
 /// retention.
@@ -49,17 +46,4 @@ pub struct TemplatePrune {
     pub stored_objects: u64,
     pub stored_bytes: u64,
     pub oldest_finished_at: DateTime<Utc>,
-}
-
-/// Prunes by the fleet's policy (`prune()`) until nothing past its retention is left, or another
-/// pruner holds the lock; returns what all the calls deleted.
-pub async fn prune_until_done(pool: &PgPool) -> Result<PruneReport> {
-    let mut total = PruneReport::default();
-    loop {
-        let report = db::prune(pool).await?;
-        total.add(&report);
-        if report.skipped || !report.more {
-            return Ok(total);
-        }
-    }
 }

@@ -8,8 +8,9 @@ use super::common::{ConfigArgs, connect, duration};
 use anyhow::Context;
 use chrono::SecondsFormat;
 use runlane_core::db;
+use runlane_core::db::prune_until_done;
 use runlane_core::model::PruneReport;
-use runlane_core::retention::{PrunePreview, prune_until_done};
+use runlane_core::retention::PrunePreview;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

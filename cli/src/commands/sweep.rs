@@ -5,8 +5,8 @@
 
 use super::common::{ConfigArgs, connect};
 use runlane_core::db;
+use runlane_core::db::prune_until_done;
 use runlane_core::model::{SweepPolicyChange, SweepReport};
-use runlane_core::retention::prune_until_done;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

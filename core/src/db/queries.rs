@@ -355,6 +355,19 @@ pub async fn prune(ex: impl PgExecutor<'_>) -> Result<PruneReport> {
     Ok(report.0)
 }
 
+/// Prunes by the fleet's policy (`prune()`) until nothing past its retention is left, or another
+/// pruner holds the lock; returns what all the calls deleted.
+pub async fn prune_until_done(pool: &sqlx::PgPool) -> Result<PruneReport> {
+    let mut total = PruneReport::default();
+    loop {
+        let report = prune(pool).await?;
+        total.add(&report);
+        if report.skipped || !report.more {
+            return Ok(total);
+        }
+    }
+}
+
 /// Prunes as of `opts.now` with another retention or limit: the database owner's call.
 pub async fn prune_at(ex: impl PgExecutor<'_>, opts: &PruneOptions) -> Result<PruneReport> {
     let report: sqlx::types::Json<PruneReport> =
